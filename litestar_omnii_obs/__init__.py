@@ -1,0 +1,43 @@
+"""Production observability for Litestar in one plugin: latency records, metrics, Sentry, tracing."""
+
+from litestar_omnii_obs.config import (
+    ConfigError,
+    LatencyConfig,
+    MetricsConfig,
+    ObservabilityConfig,
+    SentryConfig,
+    TracingConfig,
+)
+from litestar_omnii_obs.metrics import (
+    ApiLatencyMetric,
+    GraphQueryMetric,
+    Metric,
+    OperationMetric,
+    SyncMetric,
+    SyncSource,
+    TimedOperation,
+    flush_metrics,
+    log_metric,
+    timed_operation,
+)
+from litestar_omnii_obs.plugin import ObservabilityPlugin
+
+__all__ = [
+    "ApiLatencyMetric",
+    "ConfigError",
+    "GraphQueryMetric",
+    "LatencyConfig",
+    "Metric",
+    "MetricsConfig",
+    "ObservabilityConfig",
+    "ObservabilityPlugin",
+    "OperationMetric",
+    "SentryConfig",
+    "SyncMetric",
+    "SyncSource",
+    "TimedOperation",
+    "TracingConfig",
+    "flush_metrics",
+    "log_metric",
+    "timed_operation",
+]

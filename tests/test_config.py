@@ -1,0 +1,190 @@
+"""``ObservabilityConfig``: defaults, environment parsing, errors that name the variable, redaction."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from litestar_omnii_obs import ConfigError, ObservabilityConfig, SentryConfig
+
+DSN = "https://abcdef0123456789@o1.ingest.example.invalid/42"
+
+
+def test_defaults_without_any_variable() -> None:
+    config = ObservabilityConfig.from_env({})
+    assert config == ObservabilityConfig()
+    assert (config.environment, config.version, config.service_name) == ("development", "1.0.0", "omnii-mcp")
+    assert config.latency.exclude_paths == ("/health",)
+    assert config.metrics.sink == "stdout"
+    assert config.sentry.dsn is None
+    assert config.tracing.otlp_endpoint is None
+    assert config.sentry_traces_sample_rate == 1.0
+
+
+def test_every_variable_is_read() -> None:
+    config = ObservabilityConfig.from_env(
+        {
+            "APP_ENV": "production",
+            "APP_VERSION": "2.3.4",
+            "SENTRY_DSN": DSN,
+            "SENTRY_ENVIRONMENT": "prod-eu",
+            "SENTRY_RELEASE": "api@2.3.4",
+            "OTEL_SERVICE_NAME": "billing",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
+            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=s3cr3t,x-tenant=acme",
+            "OMNII_OBS_EXCLUDE_PATHS": "/health, /internal/*",
+            "OMNII_OBS_METRICS_SINK": "stderr",
+            "OMNII_OBS_METRICS_MAX_QUEUE": "50",
+            "OMNII_OBS_METRICS_FLUSH_INTERVAL": "0.5",
+            "OMNII_OBS_LATENCY": "false",
+            "OMNII_OBS_OPT_KEY": "obs",
+            "OMNII_OBS_UNMATCHED_ROUTE": "NO_ROUTE",
+            "OMNII_OBS_SENTRY_IGNORE_ERRORS": "KeyError,asyncio.CancelledError",
+            "OMNII_OBS_SENTRY_CAPTURE_STATUS": "500,502-504",
+            "OMNII_OBS_SENTRY_SCRUB_KEYS": "X-Internal, ssn",
+            "OMNII_OBS_SENTRY_SEND_PII": "yes",
+            "OMNII_OBS_SENTRY_FLUSH_TIMEOUT": "1.5",
+            "OMNII_OBS_TRACING": "off",
+            "OMNII_OBS_TRACES_CONSOLE": "1",
+            "OMNII_OBS_SHUTDOWN_TIMEOUT": "3",
+        }
+    )
+    assert (config.environment, config.version, config.service_name) == ("production", "2.3.4", "billing")
+    assert config.sentry_traces_sample_rate == 0.1
+    assert config.sentry.dsn == DSN
+    assert (config.sentry.environment, config.sentry.release) == ("prod-eu", "api@2.3.4")
+    assert config.sentry.ignore_errors == ("KeyError", "asyncio.CancelledError")
+    assert config.sentry.capture_status_codes == frozenset({500, 502, 503, 504})
+    assert config.sentry.scrub_keys == ("x-internal", "ssn")
+    assert (config.sentry.send_default_pii, config.sentry.flush_timeout) == (True, 1.5)
+    assert config.tracing.otlp_endpoint == "http://collector:4317"
+    assert config.tracing.otlp_headers == (("api-key", "s3cr3t"), ("x-tenant", "acme"))
+    assert (config.tracing.enabled, config.tracing.console, config.tracing.shutdown_timeout) == (False, True, 3.0)
+    assert config.latency.exclude_paths == ("/health", "/internal/*")
+    assert (config.latency.enabled, config.latency.opt_key, config.latency.unmatched_route) == (
+        False,
+        "obs",
+        "NO_ROUTE",
+    )
+    assert (config.metrics.sink, config.metrics.max_queue, config.metrics.flush_interval) == ("stderr", 50, 0.5)
+
+
+def test_traces_specific_endpoint_wins_over_generic_one() -> None:
+    config = ObservabilityConfig.from_env(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://b:4317"}
+    )
+    assert config.tracing.otlp_endpoint == "http://b:4317"
+
+
+@pytest.mark.parametrize(
+    ("rate", "env", "expected"),
+    [("", "production", 0.1), ("", "staging", 1.0), ("0.25", "production", 0.25), ("0", "development", 0.0)],
+)
+def test_sentry_traces_sample_rate(rate: str, env: str, expected: float) -> None:
+    config = ObservabilityConfig.from_env({"SENTRY_TRACES_SAMPLE_RATE": rate, "APP_ENV": env})
+    assert config.sentry_traces_sample_rate == expected
+
+
+BAD_VALUES = [
+    ("APP_ENV", "prod uction", "without spaces"),
+    ("APP_VERSION", "1.0\n", "printable"),
+    ("SENTRY_DSN", "not-a-dsn", "Sentry DSN"),
+    ("SENTRY_DSN", "ftp://key@host/1", "Sentry DSN"),
+    ("SENTRY_DSN", "https://host/1", "Sentry DSN"),
+    ("SENTRY_ENVIRONMENT", " ", "non-blank"),
+    ("SENTRY_TRACES_SAMPLE_RATE", "1.5", "[0.0, 1.0]"),
+    ("SENTRY_TRACES_SAMPLE_RATE", "-0.1", "[0.0, 1.0]"),
+    ("SENTRY_TRACES_SAMPLE_RATE", "abc", "[0.0, 1.0]"),
+    ("SENTRY_TRACES_SAMPLE_RATE", "nan", "[0.0, 1.0]"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317", "URL"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://host:99999", "URL"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "no-equals-sign", "key=value"),
+    ("OTEL_TRACES_SAMPLER", "sometimes", "traceidratio"),
+    ("OTEL_TRACES_SAMPLER_ARG", "2", "[0.0, 1.0]"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "-5", "positive integer"),
+    ("OMNII_OBS_EXCLUDE_PATHS", "health", "starting with '/'"),
+    ("OMNII_OBS_EXCLUDE_PATHS", "/a*b", "ending in '*'"),
+    ("OMNII_OBS_METRICS_SINK", "/no/such/dir/metrics.jsonl", "existing directory"),
+    ("OMNII_OBS_METRICS_SINK", "/tmp", "existing directory"),
+    ("OMNII_OBS_METRICS_MAX_QUEUE", "0", "positive integer"),
+    ("OMNII_OBS_METRICS_FLUSH_INTERVAL", "0", "a number in"),
+    ("OMNII_OBS_LATENCY", "maybe", "true, false"),
+    ("OMNII_OBS_SENTRY_IGNORE_ERRORS", "Not An Error", "exception names"),
+    ("OMNII_OBS_SENTRY_CAPTURE_STATUS", "700", "100-599"),
+    ("OMNII_OBS_SENTRY_CAPTURE_STATUS", "599-500", "100-599"),
+    ("OMNII_OBS_SENTRY_SEND_PII", "2", "true, false"),
+    ("OMNII_OBS_SENTRY_FLUSH_TIMEOUT", "-1", "a number in"),
+    ("OMNII_OBS_TRACING", "enable", "true, false"),
+    ("OMNII_OBS_SHUTDOWN_TIMEOUT", "forever", "a number in"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "allowed"), BAD_VALUES)
+def test_bad_value_names_variable_value_and_what_is_allowed(name: str, value: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ObservabilityConfig.from_env({name: value})
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert name in message
+    assert allowed in message
+    if name not in ("SENTRY_DSN", "OTEL_EXPORTER_OTLP_HEADERS"):  # secrets are never echoed
+        assert repr(value) in message
+    assert [p[0] for p in info.value.problems] == [name]
+
+
+def test_all_bad_variables_are_reported_at_once() -> None:
+    env = {"APP_ENV": "a b", "SENTRY_TRACES_SAMPLE_RATE": "7", "OMNII_OBS_METRICS_SINK": "/no/such/x", "OK": "1"}
+    with pytest.raises(ConfigError) as info:
+        ObservabilityConfig.from_env(env)
+    assert sorted(p[0] for p in info.value.problems) == [
+        "APP_ENV",
+        "OMNII_OBS_METRICS_SINK",
+        "SENTRY_TRACES_SAMPLE_RATE",
+    ]
+    for name in ("APP_ENV", "SENTRY_TRACES_SAMPLE_RATE", "OMNII_OBS_METRICS_SINK"):
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in BAD_VALUES])
+def test_empty_string_means_unset_so_the_default_applies(name: str) -> None:
+    assert ObservabilityConfig.from_env({name: ""}) == ObservabilityConfig()
+
+
+def test_a_bad_dsn_is_reported_without_showing_its_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        ObservabilityConfig.from_env({"SENTRY_DSN": "https://supersecretkey@host/not-a-number"})
+    assert "supersecretkey" not in str(info.value)
+    assert "SENTRY_DSN" in str(info.value)
+
+
+def test_printing_a_config_never_shows_dsn_key_or_header_values() -> None:
+    config = ObservabilityConfig.from_env(
+        {
+            "SENTRY_DSN": "https://abcdef0123456789:oldsecret@o1.ingest.example.invalid/42",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://user:pw@collector:4317",
+            "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20tok3n",
+        }
+    )
+    for text in (repr(config), str(config), f"{config}", repr(config.sentry) + repr(config.tracing)):
+        assert "abcdef0123456789" not in text
+        assert "oldsecret" not in text
+        assert "tok3n" not in text
+        assert ":pw@" not in text
+        assert "o1.ingest.example.invalid/42" in text
+        assert "authorization" in text
+
+
+def test_config_is_usable_in_code_and_validated() -> None:
+    config = ObservabilityConfig(environment="production", sentry=SentryConfig(traces_sample_rate=0.5))
+    assert config.sentry_traces_sample_rate == 0.5
+    with pytest.raises(ConfigError, match="traces_sample_rate"):
+        SentryConfig(traces_sample_rate=2.0)
+    with pytest.raises(AttributeError):
+        config.environment = "x"  # type: ignore[misc]
+
+
+def test_unknown_prefixed_variable_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="litestar_omnii_obs"):
+        ObservabilityConfig.from_env({"OMNII_OBS_EXCLUDE_PATH": "/x"})
+    assert any("OMNII_OBS_EXCLUDE_PATH" in r.getMessage() and "unknown" in r.getMessage() for r in caplog.records)

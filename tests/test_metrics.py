@@ -1,0 +1,193 @@
+"""Metric records as JSON lines, ``log_metric`` and the three forms of ``timed_operation``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+from litestar import Litestar, get
+from opentelemetry.sdk.trace import TracerProvider
+
+from litestar_omnii_obs import (
+    ApiLatencyMetric,
+    GraphQueryMetric,
+    Metric,
+    MetricsConfig,
+    ObservabilityConfig,
+    ObservabilityPlugin,
+    OperationMetric,
+    SyncMetric,
+    flush_metrics,
+    log_metric,
+    timed_operation,
+)
+from litestar_omnii_obs.metrics import configure_metrics
+from tests.conftest import read_lines, serve
+
+
+@pytest.fixture
+def metrics_file(sink: Path) -> Iterator[Path]:
+    configure_metrics(
+        ObservabilityConfig(
+            service_name="svc", environment="test", metrics=MetricsConfig(sink=str(sink), flush_interval=0.01)
+        )
+    )
+    yield sink
+    flush_metrics()
+    configure_metrics(ObservabilityConfig())
+
+
+def test_each_record_kind_is_one_json_line_with_common_fields(metrics_file: Path) -> None:
+    log_metric(ApiLatencyMetric(route="/users/{id}", method="GET", status=200, duration=1.5))
+    log_metric(GraphQueryMetric(query_type="cypher", duration=2.0, result_count=3))
+    log_metric(SyncMetric(source="gmail", user_id="u1", duration=3.0, items_synced=9))
+    flush_metrics()
+    lines = read_lines(metrics_file)
+    assert [line["metric"] for line in lines] == ["api_latency", "graph_query_duration", "sync_duration"]
+    assert lines[0] | {"timestamp": None} == {
+        "metric": "api_latency",
+        "route": "/users/{id}",
+        "method": "GET",
+        "status": 200,
+        "duration": 1.5,
+        "timestamp": None,
+        "service": "svc",
+        "environment": "test",
+    }
+    assert lines[2]["source"] == "gmail"
+    assert lines[2]["items_synced"] == 9
+    for line in lines:
+        assert datetime.fromisoformat(line["timestamp"]).tzinfo is not None
+        assert "trace_id" not in line
+
+
+def test_records_round_trip_through_the_tagged_union(metrics_file: Path) -> None:
+    record = SyncMetric(source="calendar", user_id="u", duration=1.0, items_synced=2)
+    assert msgspec.json.decode(msgspec.json.encode(record), type=Metric) == record
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(
+            b'{"metric":"sync_duration","source":"fax","user_id":"u","duration":1,"items_synced":1}', type=Metric
+        )
+
+
+def test_trace_and_span_ids_are_added_when_a_span_is_current(metrics_file: Path) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("work") as span:
+        log_metric(GraphQueryMetric(query_type="q", duration=1.0))
+        context = span.get_span_context()
+    flush_metrics()
+    [line] = read_lines(metrics_file)
+    assert line["trace_id"] == f"{context.trace_id:032x}"
+    assert line["span_id"] == f"{context.span_id:016x}"
+
+
+def test_timed_operation_as_context_manager_decorator_and_awaitable(metrics_file: Path) -> None:
+    async def fetch() -> list[int]:
+        await asyncio.sleep(0.01)
+        return [1, 2]
+
+    @timed_operation("decorated")
+    async def decorated(x: int) -> int:
+        await asyncio.sleep(0)
+        return x * 2
+
+    async def main() -> tuple[object, ...]:
+        async with timed_operation("block") as op:
+            await asyncio.sleep(0.01)
+        result, duration = await timed_operation("awaited", fetch)
+        coro_result, _ = await timed_operation("coroutine", fetch())
+        return op.duration, result, duration, coro_result, await decorated(21)
+
+    op_duration, result, duration, coro_result, doubled = asyncio.run(main())
+    assert isinstance(op_duration, float)
+    assert op_duration >= 10
+    assert (result, coro_result, doubled) == ([1, 2], [1, 2], 42)
+    assert isinstance(duration, float)
+    assert duration >= 10
+    flush_metrics()
+    lines = read_lines(metrics_file)
+    assert [(line["operation"], line["outcome"]) for line in lines] == [
+        ("block", "ok"),
+        ("awaited", "ok"),
+        ("coroutine", "ok"),
+        ("decorated", "ok"),
+    ]
+    assert lines[1]["duration"] == duration
+
+
+def test_failed_operation_is_recorded_and_its_exception_re_raised_unchanged(metrics_file: Path) -> None:
+    boom = LookupError("graph down")
+
+    async def failing() -> None:
+        raise boom
+
+    async def main() -> None:
+        await timed_operation("graph_query", failing)
+
+    with pytest.raises(LookupError) as info:
+        asyncio.run(main())
+    assert info.value is boom
+    flush_metrics()
+    [line] = read_lines(metrics_file)
+    assert (line["operation"], line["outcome"], line["error"]) == ("graph_query", "error", "LookupError")
+
+
+def test_awaiting_without_an_operation_is_a_clear_error() -> None:
+    async def main() -> None:
+        await timed_operation("nothing")
+
+    with pytest.raises(TypeError, match="needs an operation"):
+        asyncio.run(main())
+
+
+def test_lines_queued_at_shutdown_are_written(metrics_file: Path) -> None:
+    for i in range(5000):
+        log_metric(OperationMetric(operation=f"op{i}", duration=float(i)))
+    flush_metrics()
+    lines = read_lines(metrics_file)
+    assert [line["operation"] for line in lines] == [f"op{i}" for i in range(5000)]
+
+
+def test_a_full_queue_drops_and_counts_instead_of_growing(sink: Path, obs_log: list[object]) -> None:
+    configure_metrics(ObservabilityConfig(metrics=MetricsConfig(sink=str(sink), max_queue=10, flush_interval=60)))
+    try:
+        for i in range(25):
+            log_metric(OperationMetric(operation=f"op{i}", duration=1.0))
+        flush_metrics()
+    finally:
+        configure_metrics(ObservabilityConfig())
+    assert len(read_lines(sink)) == 10
+    messages = [r.getMessage() for r in obs_log]  # type: ignore[attr-defined]
+    assert sum("queue full" in m for m in messages) == 1
+    assert any("15 metric line(s) were dropped" in m for m in messages)
+
+
+def test_lines_arrive_when_config_and_plugin_are_made_before_the_app(sink: Path) -> None:
+    # As users write it: config and plugin first, then Litestar(...) reconfigures logging.
+    plugin = ObservabilityPlugin(ObservabilityConfig(metrics=MetricsConfig(sink=str(sink))))
+
+    @get("/work")
+    async def work() -> str:
+        async with timed_operation("inside"):
+            await asyncio.sleep(0)
+        return "ok"
+
+    app = Litestar(route_handlers=[work], plugins=[plugin])
+    with serve(app) as url:
+        assert httpx.get(url + "/work").text == "ok"
+    assert [line["metric"] for line in read_lines(sink)] == ["operation_duration", "api_latency"]
+
+
+def test_off_sink_writes_nothing(sink: Path) -> None:
+    configure_metrics(ObservabilityConfig(metrics=MetricsConfig(sink="off")))
+    try:
+        log_metric(OperationMetric(operation="x", duration=1.0))
+        flush_metrics()
+    finally:
+        configure_metrics(ObservabilityConfig())
+    assert not sink.exists()

@@ -122,6 +122,10 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """With no endpoint, print finished spans to stderr instead (``OMNII_OBS_TRACES_CONSOLE``)."""
     shutdown_timeout: float = 5.0
     """Seconds the shutdown may spend flushing spans (``OMNII_OBS_SHUTDOWN_TIMEOUT``)."""
+    use_global_provider: bool = True
+    """If the app already installed an SDK ``TracerProvider``, use it (``OMNII_OBS_USE_APP_PROVIDER``)."""
+    set_global_provider: bool = True
+    """Install our provider globally so spans users start nest under the request span."""
 
     def __repr__(self) -> str:
         headers = tuple((k, "***") for k, _ in self.otlp_headers)
@@ -336,6 +340,7 @@ KNOWN_PREFIXED = frozenset(
         "OMNII_OBS_TRACING",
         "OMNII_OBS_TRACES_CONSOLE",
         "OMNII_OBS_SHUTDOWN_TIMEOUT",
+        "OMNII_OBS_USE_APP_PROVIDER",
     }
 )
 
@@ -410,6 +415,7 @@ class _EnvReader:
                 shutdown_timeout=get(
                     "OMNII_OBS_SHUTDOWN_TIMEOUT", _float(0.0, 120.0), tracing_defaults.shutdown_timeout
                 ),
+                use_global_provider=get("OMNII_OBS_USE_APP_PROVIDER", _bool, tracing_defaults.use_global_provider),
             ),
         )
         if self.problems:

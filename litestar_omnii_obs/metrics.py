@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import IO, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import msgspec
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from litestar_omnii_obs.config import ObservabilityConfig
@@ -127,8 +128,8 @@ class _Writer:
                 except OSError as exc:
                     self._report_failure(exc)
 
-    def submit(self, metric: Metric) -> None:
-        """Queue one record; never blocks and never raises."""
+    def submit(self, metric: Metric, context: trace.SpanContext | None = None) -> None:
+        """Queue one record with ``context``'s ids (default: the current span's); never blocks or raises."""
         if self._sink == "off":
             return
         if len(self._queue) >= self._max_queue:
@@ -136,7 +137,8 @@ class _Writer:
             if self._dropped == 1:
                 _logger.warning("metrics queue full (%d lines); dropping lines until it drains", self._max_queue)
             return
-        context = trace.get_current_span().get_span_context()
+        if context is None:
+            context = trace.get_current_span().get_span_context()
         self._queue.append((time.time(), metric, context.trace_id, context.span_id))
         if self._thread is None:
             self._start()
@@ -241,12 +243,39 @@ def flush_metrics(timeout: float = 5.0) -> None:
     _writer.close(timeout)
 
 
+def set_tracer(tracer: trace.Tracer | None) -> None:
+    """Let ``timed_operation`` start child spans with ``tracer`` (``None`` stops it)."""
+    _tracing["tracer"] = tracer
+
+
+def add_observers(
+    on_operation: Callable[[str, float, BaseException | None], None], on_metric: Callable[[Metric], None]
+) -> Callable[[], None]:
+    """Register observers of timed operations and logged metrics; returns their remover."""
+    _operation_observers.append(on_operation)
+    _metric_observers.append(on_metric)
+
+    def remove() -> None:
+        _operation_observers.remove(on_operation)
+        _metric_observers.remove(on_metric)
+
+    return remove
+
+
 def log_metric(metric: Metric) -> None:
     """Write ``metric`` as one JSON line with timestamp, service, environment and trace ids.
 
     Never blocks the event loop and never raises: a failing sink is reported once.
+    Graph-query and sync records also feed their OpenTelemetry histograms.
     """
     _writer.submit(metric)
+    for observer in _metric_observers:
+        observer(metric)
+
+
+def submit_metric(metric: Metric, context: trace.SpanContext | None) -> None:
+    """Queue ``metric`` with an explicit span context (the request hooks use this)."""
+    _writer.submit(metric, context)
 
 
 # --------------------------------------------------------------------------- timing
@@ -259,15 +288,21 @@ class TimedOperation(Generic[_T]):
     ``outcome="error"`` and the exception's type name, then re-raised unchanged.
     """
 
-    __slots__ = ("_start", "duration", "name", "operation")
+    __slots__ = ("_span", "_start", "_token", "duration", "name", "operation")
 
     def __init__(self, name: str, operation: Callable[[], Awaitable[_T]] | Awaitable[_T] | None = None) -> None:
         self.name = name
         self.operation = operation
         self.duration: float | None = None
         self._start = 0.0
+        self._span: trace.Span | None = None
+        self._token: object = None
 
     async def __aenter__(self) -> TimedOperation[_T]:
+        tracer = _tracing["tracer"]
+        if tracer is not None:
+            self._span = tracer.start_span(self.name)
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
         self._start = time.perf_counter()
         return self
 
@@ -278,6 +313,15 @@ class TimedOperation(Generic[_T]):
         tb: TracebackType | None,
     ) -> None:
         self.duration = (time.perf_counter() - self._start) * 1000.0
+        span = self._span
+        if span is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+            span.set_attribute("omnii.operation.duration_ms", self.duration)
+            if exc is not None:
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+            span.end()
+            self._span = None
         _record_operation(self.name, self.duration, exc)
 
     def __call__(self, func: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
@@ -313,8 +357,12 @@ def _record_operation(name: str, duration: float, exc: BaseException | None) -> 
         observer(name, duration, exc)
 
 
-#: Called after every timed operation (the Sentry module adds a breadcrumb writer).
+#: Called after every timed operation (Sentry adds a breadcrumb, tracing a histogram point).
 _operation_observers: list[Callable[[str, float, BaseException | None], None]] = []
+#: Called for every record passed to ``log_metric`` (tracing feeds its histograms).
+_metric_observers: list[Callable[[Metric], None]] = []
+#: The tracer ``timed_operation`` starts child spans with; set by the plugin's lifespan.
+_tracing: dict[str, trace.Tracer | None] = {"tracer": None}
 
 
 @overload

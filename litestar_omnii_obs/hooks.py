@@ -1,0 +1,270 @@
+"""The per-request hooks: one latency record, one server span, one Sentry event per 5xx.
+
+Litestar's ``before_request``/``after_response`` hooks (Elysia's onRequest and
+onAfterResponse) miss requests: 404/405 never reach them, a route-level hook replaces
+the app-level one, guards, exceptions and cache hits skip one or the other, and
+``after_response`` runs after background tasks and never sees the status. So every
+request is observed by three light pieces instead, each doing one job:
+
+* :meth:`RequestObserver.middleware` (index 0 of the app's middleware, the outermost
+  layer of every route) opens the request: start time, server span made current.
+  Guards, exceptions, cache hits, streaming and route-level hooks all happen inside it.
+* :meth:`RequestObserver.after_exception` opens requests no route matched (404/405,
+  raised by the router before any middleware) and remembers the exception.
+* :meth:`RequestObserver.before_send` (app-level, sees every message of every
+  response) adds ``X-Request-ID``, reports the exception to Sentry when the status sent
+  is a server error, and closes the request when the last body byte leaves, so
+  background tasks are not timed.
+
+If a response never completes (the client went away mid-stream), the middleware
+closes the request on the way out. An error in this module is logged once and never
+reaches the response.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, cast
+
+from litestar.enums import ScopeType
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from litestar_omnii_obs import sentry
+from litestar_omnii_obs.metrics import ApiLatencyMetric, submit_metric
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from opentelemetry.trace import Span
+
+    from litestar_omnii_obs.config import ObservabilityConfig
+    from litestar_omnii_obs.tracing import Telemetry
+
+__all__ = ["RequestObserver"]
+
+_logger = logging.getLogger("litestar_omnii_obs")
+
+_KEY = "omnii_obs"  # the request's _Exchange, kept in the ASGI scope
+_WANTED_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage", b"user-agent", b"x-request-id", b"host"})
+_REQUEST_ID_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:"
+
+
+class _HeaderGetter(Getter[dict[str, str]]):
+    def get(self, carrier: dict[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value]
+
+    def keys(self, carrier: dict[str, str]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _HeaderGetter()
+
+
+class _Exchange:
+    """What one request needs between its first and last message."""
+
+    __slots__ = ("exc", "span", "start", "status")
+
+    def __init__(self, start: float, span: Span | None) -> None:
+        self.start = start
+        self.span = span
+        self.status = 500
+        self.exc: BaseException | None = None
+
+
+class RequestObserver:
+    """Holds the per-request logic; the plugin registers its three hooks."""
+
+    def __init__(self, config: ObservabilityConfig) -> None:
+        latency = config.latency
+        self._exact = frozenset(p for p in latency.exclude_paths if not p.endswith("*"))
+        self._prefixes = tuple(p[:-1] for p in latency.exclude_paths if p.endswith("*"))
+        self._opt_key = latency.opt_key
+        self._unmatched = latency.unmatched_route
+        self._record_latency = latency.enabled
+        self._capture_statuses = config.sentry.capture_status_codes
+        self._telemetry: Telemetry | None = None
+        self._failed = False
+
+    def bind(self, telemetry: Telemetry | None) -> None:
+        """Use ``telemetry`` for spans and OTLP metrics (the lifespan calls this at start-up)."""
+        self._telemetry = telemetry
+
+    def is_excluded(self, path: str) -> bool:
+        """Whether ``path`` is in the configured exclusions (exact, or prefix with ``*``)."""
+        return path in self._exact or path.startswith(self._prefixes)
+
+    # ------------------------------------------------------------------ hooks
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """Litestar middleware factory: the outermost layer of each route."""
+        opt_key = self._opt_key
+
+        async def observe(scope: Scope, receive: Receive, send: Send) -> None:
+            if (
+                scope["type"] != ScopeType.HTTP
+                or self.is_excluded(scope["path"])
+                or scope["route_handler"].opt.get(opt_key, True) is False
+            ):
+                await app(scope, receive, send)
+                return
+            state = cast("dict[str, Any]", scope)
+            exchange = self._open(scope, scope["path_template"] or self._mount_label(state))
+            state[_KEY] = exchange
+            token = None if exchange.span is None else otel_context.attach(trace.set_span_in_context(exchange.span))
+            try:
+                await app(scope, receive, send)
+            except BaseException as exc:
+                exchange.exc = exchange.exc or exc
+                raise
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+                if state.get(_KEY) is exchange:  # the response never finished
+                    self._close(state, exchange)
+
+        return observe
+
+    async def after_exception(self, exc: BaseException, scope: Scope) -> None:
+        """Remember the exception; open requests that failed before reaching a route."""
+        if scope["type"] != ScopeType.HTTP:
+            return
+        state = cast("dict[str, Any]", scope)
+        exchange: _Exchange | None = state.get(_KEY)
+        if exchange is None and "path_template" not in state and not self.is_excluded(scope["path"]):
+            exchange = state[_KEY] = self._open(scope, None)
+        if exchange is not None:
+            exchange.exc = exc
+
+    async def before_send(self, message: Message, scope: Scope) -> None:
+        """Add ``X-Request-ID``, report 5xx errors, close the request at the last byte."""
+        state = cast("dict[str, Any]", scope)
+        exchange: _Exchange | None = state.get(_KEY)
+        if exchange is None:
+            return
+        try:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+                if exchange.span is not None:
+                    trace_id = b"%032x" % exchange.span.get_span_context().trace_id
+                    message["headers"] = [*message.get("headers", ()), (b"x-request-id", trace_id)]
+                if exchange.exc is not None and exchange.status in self._capture_statuses:
+                    self._report(state, exchange)
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._close(state, exchange)
+        except Exception:
+            self._log_failure()
+
+    # ------------------------------------------------------------------ internals
+
+    def _open(self, scope: Scope, route: str | None) -> _Exchange:
+        telemetry = self._telemetry
+        if telemetry is None:
+            return _Exchange(perf_counter(), None)
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in _WANTED_HEADERS:
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.path": scope["path"],
+            "url.scheme": scope["scheme"],
+            "network.protocol.version": scope["http_version"],
+        }
+        if route is not None:
+            attributes["http.route"] = route
+        server = scope.get("server")
+        if server:
+            attributes["server.address"] = server[0]
+            if server[1] is not None:
+                attributes["server.port"] = server[1]
+        client = scope.get("client")
+        if client:
+            attributes["client.address"] = client[0]
+        if "user-agent" in headers:
+            attributes["user_agent.original"] = headers["user-agent"]
+        caller_id = headers.get("x-request-id")
+        if caller_id and len(caller_id) <= 128 and not caller_id.encode().translate(None, _REQUEST_ID_CHARS):
+            attributes["http.request.header.x-request-id"] = (caller_id,)
+        parent = extract(headers, getter=_GETTER) if "traceparent" in headers else None
+        span = telemetry.tracer.start_span(
+            f"{method} {route}" if route is not None else method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        )
+        return _Exchange(perf_counter(), span)
+
+    def _close(self, state: dict[str, Any], exchange: _Exchange) -> None:
+        """Write the latency record and end the span; exactly once per request."""
+        try:
+            del state[_KEY]
+            duration = perf_counter() - exchange.start
+            route = state.get("path_template") or self._mount_label(state)
+            method = state["method"]
+            status = exchange.status
+            span = exchange.span
+            if self._record_latency:
+                submit_metric(
+                    ApiLatencyMetric(route=route, method=method, status=status, duration=round(duration * 1000.0, 3)),
+                    None if span is None else span.get_span_context(),
+                )
+            telemetry = self._telemetry
+            if telemetry is not None and telemetry.records_metrics:
+                telemetry.request_duration.record(
+                    duration,
+                    {"http.request.method": method, "http.route": route, "http.response.status_code": status},
+                )
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    if exchange.exc is not None:
+                        span.record_exception(exchange.exc)
+                        span.set_attribute("error.type", type(exchange.exc).__qualname__)
+                    else:
+                        span.set_attribute("error.type", str(status))
+                    span.set_status(Status(StatusCode.ERROR))
+                span.end()
+        except Exception:
+            self._log_failure()
+
+    def _report(self, state: dict[str, Any], exchange: _Exchange) -> None:
+        if not sentry.sentry_enabled() or exchange.exc is None:
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in state["headers"]}
+        host = headers.get("host", "")
+        route = state.get("path_template") or self._mount_label(state)
+        span = exchange.span
+        user = state.get("user")
+        user_id = getattr(user, "id", None) if not isinstance(user, dict) else user.get("id")
+        sentry.capture_request_error(
+            exchange.exc,
+            method=state["method"],
+            route=route,
+            url=f"{state['scheme']}://{host}{state.get('root_path', '')}{state['path']}",
+            query_string=state.get("query_string", b"").decode("latin-1"),
+            status=exchange.status,
+            headers=headers,
+            user_id=None if user_id is None else str(user_id),
+            trace_id=None if span is None else f"{span.get_span_context().trace_id:032x}",
+        )
+
+    def _mount_label(self, state: dict[str, Any]) -> str:
+        """Litestar leaves ``path_template`` empty for mounted apps: use the mount path."""
+        handler = state.get("route_handler")
+        if handler is None:
+            return self._unmatched
+        paths: list[str] = sorted(handler.paths, key=len, reverse=True)
+        raw = state.get("raw_path", b"").decode("latin-1")
+        return next((p for p in paths if raw.startswith(p)), paths[0])
+
+    def _log_failure(self) -> None:
+        if not self._failed:
+            self._failed = True
+            _logger.exception("observing a request failed; the response goes on (further failures not logged)")

@@ -1,0 +1,1 @@
+"""Real protocol peers (an OTLP/gRPC collector and a Sentry ingest endpoint) for tests."""

@@ -21,6 +21,7 @@ from litestar_omnii_obs.metrics import (
     timed_operation,
 )
 from litestar_omnii_obs.plugin import ObservabilityPlugin
+from litestar_omnii_obs.sentry import capture_error
 
 __all__ = [
     "ApiLatencyMetric",
@@ -37,6 +38,7 @@ __all__ = [
     "SyncSource",
     "TimedOperation",
     "TracingConfig",
+    "capture_error",
     "flush_metrics",
     "log_metric",
     "timed_operation",

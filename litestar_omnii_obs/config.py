@@ -122,6 +122,8 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """With no endpoint, print finished spans to stderr instead (``OMNII_OBS_TRACES_CONSOLE``)."""
     shutdown_timeout: float = 5.0
     """Seconds the shutdown may spend flushing spans (``OMNII_OBS_SHUTDOWN_TIMEOUT``)."""
+    export_timeout: float = 5.0
+    """Seconds one OTLP export may take, retries included (``OMNII_OBS_EXPORT_TIMEOUT``)."""
     use_global_provider: bool = True
     """If the app already installed an SDK ``TracerProvider``, use it (``OMNII_OBS_USE_APP_PROVIDER``)."""
     set_global_provider: bool = True
@@ -341,6 +343,7 @@ KNOWN_PREFIXED = frozenset(
         "OMNII_OBS_TRACES_CONSOLE",
         "OMNII_OBS_SHUTDOWN_TIMEOUT",
         "OMNII_OBS_USE_APP_PROVIDER",
+        "OMNII_OBS_EXPORT_TIMEOUT",
     }
 )
 
@@ -415,6 +418,7 @@ class _EnvReader:
                 shutdown_timeout=get(
                     "OMNII_OBS_SHUTDOWN_TIMEOUT", _float(0.0, 120.0), tracing_defaults.shutdown_timeout
                 ),
+                export_timeout=get("OMNII_OBS_EXPORT_TIMEOUT", _float(0.1, 60.0), tracing_defaults.export_timeout),
                 use_global_provider=get("OMNII_OBS_USE_APP_PROVIDER", _bool, tracing_defaults.use_global_provider),
             ),
         )

@@ -77,6 +77,22 @@ class _Exchange:
         self.exc: BaseException | None = None
 
 
+class ObserverMiddleware:
+    """The middleware factory registered with Litestar, as an object.
+
+    Some tools (sentry-sdk's LitestarIntegration) set attributes on middleware
+    factories, which a bound method does not allow.
+    """
+
+    __slots__ = ("__dict__", "observer")
+
+    def __init__(self, observer: RequestObserver) -> None:
+        self.observer = observer
+
+    def __call__(self, app: ASGIApp) -> ASGIApp:
+        return self.observer.middleware(app)
+
+
 class RequestObserver:
     """Holds the per-request logic; the plugin registers its three hooks."""
 
@@ -102,7 +118,7 @@ class RequestObserver:
     # ------------------------------------------------------------------ hooks
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
-        """Litestar middleware factory: the outermost layer of each route."""
+        """Litestar middleware factory: the outermost layer of each route (see :class:`ObserverMiddleware`)."""
         opt_key = self._opt_key
 
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:

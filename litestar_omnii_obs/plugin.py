@@ -11,7 +11,7 @@ from litestar.plugins import InitPlugin
 
 from litestar_omnii_obs import metrics, sentry, tracing
 from litestar_omnii_obs.config import ObservabilityConfig
-from litestar_omnii_obs.hooks import RequestObserver
+from litestar_omnii_obs.hooks import ObserverMiddleware, RequestObserver
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -40,7 +40,7 @@ class ObservabilityPlugin(InitPlugin):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.lifespan.insert(0, self.lifespan)
-        app_config.middleware.insert(0, self.observer.middleware)
+        app_config.middleware.insert(0, ObserverMiddleware(self.observer))
         app_config.before_send.append(self.observer.before_send)
         app_config.after_exception.append(self.observer.after_exception)
         if self.config.sentry.dsn:

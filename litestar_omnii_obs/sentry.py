@@ -96,6 +96,18 @@ class SecretScrubber(EventScrubber):
             self.scrub_dict(value)
             self.scrub_list(value)
 
+    def redact_plain(self, value: object) -> None:
+        """Like :meth:`scrub_dict` for already-serialised data: values become ``[Filtered]``."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and self.is_secret(key):
+                    value[key] = REDACTED
+                else:
+                    self.redact_plain(item)
+        elif isinstance(value, list):
+            for item in value:
+                self.redact_plain(item)
+
     def scrub_query(self, query: str) -> str:
         pairs = parse_qsl(query, keep_blank_values=True)
         return urlencode([(k, REDACTED if self.is_secret(k) else v) for k, v in pairs])
@@ -189,12 +201,11 @@ def _resolve_error_types(names: tuple[str, ...]) -> list[type[BaseException] | s
 
 
 def _before_send(event: Event, hint: Hint) -> Event | None:
-    """Last pass after serialisation: scrub sections the scrubber saw as raw objects."""
+    """Last pass on the serialised event: anything a later processor added is scrubbed too."""
     scrubber = _state.get("scrubber")
     if isinstance(scrubber, SecretScrubber):
-        scrubber.scrub_dict(event.get("extra"))
-        scrubber.scrub_dict(event.get("contexts"))
-        scrubber.scrub_dict(event.get("tags"))
+        for section in ("extra", "contexts", "tags", "user"):
+            scrubber.redact_plain(event.get(section))
     return event
 
 
@@ -219,6 +230,7 @@ def init_sentry(config: ObservabilityConfig, use_otel: bool = False) -> bool:
         _state.update(enabled=False, config=config)
         return False
     scrubber = SecretScrubber(options.scrub_keys, options.send_default_pii)
+    pii: dict[str, Any] = {"send_default_pii": True} if options.send_default_pii else {}
     sentry_sdk.init(
         dsn=options.dsn,
         environment=options.environment or config.environment,
@@ -226,12 +238,12 @@ def init_sentry(config: ObservabilityConfig, use_otel: bool = False) -> bool:
         traces_sample_rate=config.sentry_traces_sample_rate if use_otel else None,
         instrumenter="otel" if use_otel else "sentry",
         ignore_errors=_resolve_error_types(options.ignore_errors),
-        send_default_pii=options.send_default_pii,
         event_scrubber=scrubber,
         before_send=_before_send,
         transport=QuietHttpTransport,
         auto_enabling_integrations=False,
         shutdown_timeout=options.flush_timeout,
+        **pii,
     )
     # Litestar logs every unhandled exception; we report those ourselves, once.
     ignore_logger("litestar")

@@ -16,6 +16,7 @@ dropped spans are counted and reported once, and shutdown gives up after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import threading
@@ -208,7 +209,8 @@ class Telemetry:
             except Exception:
                 _logger.exception("OpenTelemetry shutdown failed")
             finally:
-                loop.call_soon_threadsafe(_resolve, done)
+                with contextlib.suppress(RuntimeError):  # the loop closed after we gave up waiting
+                    loop.call_soon_threadsafe(_resolve, done)
 
         # A daemon thread: a dead collector must not hold the process after we give up.
         threading.Thread(target=run, name="omnii-obs-otel-shutdown", daemon=True).start()
@@ -242,7 +244,11 @@ def _resource(config: ObservabilityConfig) -> Resource:
 
 
 def _exporter_args(config: ObservabilityConfig, endpoint: str) -> dict[str, Any]:
-    args: dict[str, Any] = {"endpoint": endpoint, "insecure": urlsplit(endpoint).scheme == "http"}
+    args: dict[str, Any] = {
+        "endpoint": endpoint,
+        "insecure": urlsplit(endpoint).scheme == "http",
+        "timeout": config.tracing.export_timeout,
+    }
     if config.tracing.otlp_headers:
         args["headers"] = dict(config.tracing.otlp_headers)
     return args

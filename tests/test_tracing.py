@@ -1,0 +1,274 @@
+"""Server spans and OTLP metrics, proven against a real OTLP/gRPC receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar, get, post
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from litestar_omnii_obs import (
+    GraphQueryMetric,
+    MetricsConfig,
+    ObservabilityConfig,
+    ObservabilityPlugin,
+    TracingConfig,
+    log_metric,
+    timed_operation,
+)
+from tests.conftest import free_port, read_lines, serve
+from tests.peers.otlp_receiver import OtlpReceiver
+
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CALLER_SPAN = "b7ad6b7169203331"
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as peer:
+        yield peer
+
+
+def config_for(endpoint: str | None, sink: Path, **tracing: Any) -> ObservabilityConfig:
+    return ObservabilityConfig(
+        environment="test",
+        version="3.1.4",
+        service_name="svc-under-test",
+        metrics=MetricsConfig(sink=str(sink), flush_interval=0.01),
+        tracing=TracingConfig(otlp_endpoint=endpoint, **{"shutdown_timeout": 3.0, **tracing}),
+    )
+
+
+@get("/users/{user_id:int}")
+async def get_user(user_id: int) -> dict[str, int]:
+    return {"id": user_id}
+
+
+@get("/crash")
+async def crash() -> None:
+    raise ValueError("kaput")
+
+
+@get("/health")
+async def health() -> str:
+    return "ok"
+
+
+@post("/graph", status_code=200)
+async def graph() -> dict[str, str]:
+    user_tracer = trace.get_tracer("user-code")
+    with user_tracer.start_as_current_span("user-span"):
+        logging.getLogger("user.code").warning("inside user span")
+    async with timed_operation("graph_query"):
+        await asyncio.sleep(0)
+    log_metric(GraphQueryMetric(query_type="cypher", duration=1.5, result_count=1))
+    return {"ok": "yes"}
+
+
+def app_with(config: ObservabilityConfig) -> Litestar:
+    return Litestar(route_handlers=[get_user, crash, health, graph], plugins=[ObservabilityPlugin(config)])
+
+
+def test_one_server_span_per_request_joined_to_the_callers_trace(receiver: OtlpReceiver, sink: Path) -> None:
+    app = app_with(config_for(receiver.endpoint, sink))
+    traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    with serve(app) as url:
+        response = httpx.get(
+            url + "/users/42?x=1",
+            headers={"traceparent": traceparent, "user-agent": "pytest-agent", "x-request-id": "caller-42"},
+        )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == CALLER_TRACE
+    [span] = receiver.spans()
+    assert (span.name, span.kind, span.trace_id, span.parent_span_id) == (
+        "GET /users/{user_id}",
+        "server",
+        CALLER_TRACE,
+        CALLER_SPAN,
+    )
+    port = int(url.rsplit(":", 1)[1])
+    assert span.attributes == {
+        "http.request.method": "GET",
+        "http.route": "/users/{user_id}",
+        "url.path": "/users/42",
+        "url.scheme": "http",
+        "network.protocol.version": "1.1",
+        "server.address": "127.0.0.1",
+        "server.port": port,
+        "client.address": "127.0.0.1",
+        "user_agent.original": "pytest-agent",
+        "http.request.header.x-request-id": ["caller-42"],
+        "http.response.status_code": 200,
+    }
+    assert span.status_code == "unset"
+    assert span.resource_attributes["service.name"] == "svc-under-test"
+    assert span.resource_attributes["service.version"] == "3.1.4"
+    assert span.resource_attributes["deployment.environment.name"] == "test"
+    [line] = [r for r in read_lines(sink) if r["metric"] == "api_latency"]
+    assert (line["trace_id"], line["span_id"]) == (CALLER_TRACE, span.span_id)
+
+
+def test_404_500_excluded_and_malformed_traceparent(receiver: OtlpReceiver, sink: Path) -> None:
+    app = app_with(config_for(receiver.endpoint, sink))
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        missing = client.get("/nope", headers={"traceparent": "00-zzzz-not-valid-01"})
+        failed = client.get("/crash")
+        excluded = client.get("/health")
+        invalid_id = client.get("/users/1", headers={"x-request-id": "bad id\u00e9".encode("latin-1")})
+    assert (missing.status_code, failed.status_code, excluded.status_code) == (404, 500, 200)
+    assert "x-request-id" not in excluded.headers
+    spans = {s.name: s for s in receiver.spans()}
+    assert set(spans) == {"GET", "GET /crash", "GET /users/{user_id}"}
+    assert spans["GET"].parent_span_id is None  # a bad traceparent starts a fresh trace
+    assert spans["GET"].trace_id == missing.headers["x-request-id"]
+    assert spans["GET"].attributes["http.response.status_code"] == 404
+    assert "http.route" not in spans["GET"].attributes
+    assert spans["GET"].status_code == "unset"
+    crashed = spans["GET /crash"]
+    assert crashed.status_code == "error"
+    assert crashed.attributes["error.type"] == "ValueError"
+    assert crashed.event_names() == ["exception"]
+    assert crashed.events[0].attributes["exception.message"] == "kaput"
+    assert failed.headers["x-request-id"] == crashed.trace_id
+    assert "http.request.header.x-request-id" not in spans["GET /users/{user_id}"].attributes
+    assert invalid_id.headers["x-request-id"] == spans["GET /users/{user_id}"].trace_id
+
+
+def test_user_spans_and_timed_operations_nest_under_the_request_span(
+    receiver: OtlpReceiver, sink: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    logging.getLogger("user.code").addHandler(handler)
+    try:
+        app = app_with(config_for(receiver.endpoint, sink))
+        with serve(app) as url:
+            assert httpx.post(url + "/graph").json() == {"ok": "yes"}
+    finally:
+        logging.getLogger("user.code").removeHandler(handler)
+    spans = {s.name: s for s in receiver.spans()}
+    server = spans["POST /graph"]
+    assert spans["user-span"].parent_span_id == server.span_id
+    assert spans["graph_query"].parent_span_id == server.span_id
+    assert {s.trace_id for s in spans.values()} == {server.trace_id}
+    [record] = records
+    assert record.trace_id == server.trace_id  # type: ignore[attr-defined]
+    assert record.span_id == spans["user-span"].span_id  # type: ignore[attr-defined]
+
+
+def test_request_and_operation_durations_are_exported_as_otlp_metrics(receiver: OtlpReceiver, sink: Path) -> None:
+    app = app_with(config_for(receiver.endpoint, sink))
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        for i in range(3):
+            client.get(f"/users/{i}")
+        client.get("/crash")
+        client.post("/graph")
+    points = receiver.metric_points("http.server.request.duration")
+    by_route = {(p.attributes["http.route"], p.attributes["http.response.status_code"]): p for p in points}
+    assert by_route[("/users/{user_id}", 200)].count == 3
+    assert by_route[("/crash", 500)].count == 1
+    assert {p.attributes["http.request.method"] for p in points} == {"GET", "POST"}
+    assert {p.unit for p in points} == {"s"}
+    assert list(by_route[("/crash", 500)].explicit_bounds)[:3] == [0.005, 0.01, 0.025]
+    [graph] = receiver.metric_points("omnii.graph_query.duration")
+    assert (graph.attributes, graph.count, graph.sum) == ({"query_type": "cypher"}, 1, 1.5)
+    [operation] = receiver.metric_points("omnii.operation.duration")
+    assert operation.attributes == {"operation": "graph_query", "outcome": "ok"}
+
+
+def test_dead_collector_never_breaks_requests_and_is_logged_once(sink: Path, obs_log: list[logging.LogRecord]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    app = app_with(config_for(dead, sink, shutdown_timeout=3.0, export_timeout=0.5))
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        statuses = [client.get(f"/users/{i}").status_code for i in range(100)]
+    assert statuses == [200] * 100
+    mine = [r.getMessage() for r in obs_log if dead in r.getMessage()]
+    assert sum("trace export" in m and "is failing" in m for m in mine) == 1
+    assert sum("metric export" in m and "is failing" in m for m in mine) == 1
+    assert len(mine) == 2
+    assert len(read_lines(sink)) == 100
+
+
+def test_export_resumes_when_the_collector_comes_back(sink: Path, obs_log: list[logging.LogRecord]) -> None:
+    port = free_port()
+    receiver = OtlpReceiver(port=port).start()
+    app = app_with(config_for(receiver.endpoint, sink, export_timeout=1.0))
+    try:
+        with serve(app) as url, httpx.Client(base_url=url) as client:
+            provider = trace.get_tracer_provider()
+            assert isinstance(provider, TracerProvider)
+            client.get("/users/1")
+            provider.force_flush(5000)
+            receiver.stop()
+            client.get("/users/2")
+            provider.force_flush(5000)
+            receiver.start()
+            client.get("/users/3")
+            provider.force_flush(10_000)
+    finally:
+        receiver.stop()
+    paths = sorted(s.attributes["url.path"] for s in receiver.spans())
+    assert "/users/1" in paths
+    assert "/users/3" in paths
+    messages = [r.getMessage() for r in obs_log if receiver.endpoint in r.getMessage()]
+    assert sum("trace export" in m and "is failing" in m for m in messages) == 1
+    assert sum("trace export" in m and "recovered" in m for m in messages) == 1
+
+
+def test_no_endpoint_warns_once_and_still_gives_request_ids(sink: Path, obs_log: list[logging.LogRecord]) -> None:
+    app = app_with(config_for(None, sink))
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        ids = {client.get(f"/users/{i}").headers["x-request-id"] for i in range(5)}
+    assert len(ids) == 5
+    assert all(len(i) == 32 and int(i, 16) for i in ids)
+    warnings = [r.getMessage() for r in obs_log if "OTEL_EXPORTER_OTLP_ENDPOINT" in r.getMessage()]
+    assert len(warnings) == 1
+    assert {r["trace_id"] for r in read_lines(sink)} == ids
+
+
+def test_an_application_provider_is_used_not_replaced(sink: Path, obs_log: list[logging.LogRecord]) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    app = app_with(config_for(None, sink))
+    with serve(app) as url:
+        httpx.get(url + "/users/5")
+    assert trace.get_tracer_provider() is provider
+    assert [s.name for s in exporter.get_finished_spans()] == ["GET /users/{user_id}"]
+    assert sum("own OpenTelemetry TracerProvider" in r.getMessage() for r in obs_log) == 1
+
+
+def test_sampled_out_requests_still_get_ids_and_records(
+    receiver: OtlpReceiver, sink: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    app = app_with(config_for(receiver.endpoint, sink))
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        responses = [client.get(f"/users/{i}") for i in range(5)]
+    assert all(len(r.headers["x-request-id"]) == 32 for r in responses)
+    assert receiver.spans() == []
+    assert len(read_lines(sink)) == 5
+
+
+def test_tracing_can_be_turned_off(receiver: OtlpReceiver, sink: Path) -> None:
+    app = app_with(config_for(receiver.endpoint, sink, enabled=False))
+    with serve(app) as url:
+        response = httpx.get(url + "/users/5")
+    assert "x-request-id" not in response.headers
+    assert receiver.spans() == []
+    assert [r["route"] for r in read_lines(sink)] == ["/users/{user_id}"]

@@ -89,7 +89,7 @@ class SentryConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Extra keys scrubbed from events, beyond the built-in denylist (``OMNII_OBS_SENTRY_SCRUB_KEYS``)."""
     send_default_pii: bool = False
     """Let sentry-sdk attach IPs, cookies and user data (``OMNII_OBS_SENTRY_SEND_PII``)."""
-    flush_timeout: float = 2.0
+    flush_timeout: float = 5.0
     """Seconds the shutdown waits for queued events (``OMNII_OBS_SENTRY_FLUSH_TIMEOUT``)."""
 
     def __post_init__(self) -> None:

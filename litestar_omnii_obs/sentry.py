@@ -141,15 +141,16 @@ class QuietHttpTransport(HttpTransport):
     def _get_pool_options(self) -> dict[str, Any]:
         options: dict[str, Any] = super()._get_pool_options()
         options["retries"] = False
-        options["timeout"] = urllib3.Timeout(connect=2.0, read=5.0)
+        options["timeout"] = urllib3.Timeout(connect=2.0, read=self.TIMEOUT)
         return options
 
     def _send_request(self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Any = None) -> None:
         try:
             super()._send_request(body, headers, endpoint_type, envelope)
+        except urllib3.exceptions.TimeoutError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}", back_off=False)  # slow, not down: keep sending
         except Exception as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
-            return
 
     def _handle_response(self, response: Any, envelope: Any) -> None:
         status = int(response.status)
@@ -164,7 +165,7 @@ class QuietHttpTransport(HttpTransport):
         self._handle_request_error(envelope=envelope, loss_reason=f"status_{status}")
         self._fail(f"HTTP {status}")
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, back_off: bool = True) -> None:
         if not self._failing:
             self._failing = True
             dsn = self.parsed_dsn
@@ -172,8 +173,10 @@ class QuietHttpTransport(HttpTransport):
             _logger.warning(
                 "sending to Sentry at %s failed (%s); events are dropped while it fails (logged once)", target, reason
             )
-        else:
+        elif back_off:
             self._backoff = min(self._backoff * 2, 60.0)
+        if not back_off:
+            return
         until = datetime.now(UTC).timestamp() + self._backoff
         self._disabled_until[None] = datetime.fromtimestamp(until, UTC)
 
@@ -243,6 +246,8 @@ def init_sentry(config: ObservabilityConfig, use_otel: bool = False) -> bool:
         transport=QuietHttpTransport,
         auto_enabling_integrations=False,
         shutdown_timeout=options.flush_timeout,
+        # Room for bursts of errors (the default is 100); beyond it events are counted as lost.
+        transport_queue_size=1000,
         **pii,
     )
     # Litestar logs every unhandled exception; we report those ourselves, once.
@@ -329,7 +334,11 @@ def capture_request_error(
 def flush_sentry(timeout: float) -> None:
     """Deliver queued events within ``timeout`` seconds; the plugin's Sentry is then off."""
     if _state["enabled"]:
-        sentry_sdk.flush(timeout=timeout)
+
+        def report(pending: int, waited: float) -> None:
+            _logger.warning("Sentry flush gave up after %.1fs with %d event(s) still queued", waited, pending)
+
+        sentry_sdk.flush(timeout=timeout, callback=report)
         _state["enabled"] = False
         if _breadcrumb in metrics._operation_observers:  # pyright: ignore[reportPrivateUsage]
             metrics._operation_observers.remove(_breadcrumb)  # pyright: ignore[reportPrivateUsage]

@@ -315,3 +315,20 @@ def test_sample_rate_zero_sends_no_transactions(ingest: SentryIngest, sink: Path
     assert ingest.transactions() == []
     assert len(ingest.events()) == 1
     assert json.dumps(ingest.events()[0])  # a plain JSON event
+
+
+def test_event_carries_the_authenticated_user_id(ingest: SentryIngest, sink: Path) -> None:
+    from litestar.types import ASGIApp, Receive, Scope, Send
+
+    def fake_auth(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["user"] = {"id": "u-77"}
+            await app(scope, receive, send)
+
+        return middleware
+
+    app = app_with(config_for(ingest.dsn, sink), middleware=[fake_auth])
+    with serve(app) as url:
+        assert httpx.get(url + "/boom").status_code == 500
+    [event] = ingest.events()
+    assert event["user"] == {"id": "u-77"}

@@ -272,3 +272,15 @@ def test_tracing_can_be_turned_off(receiver: OtlpReceiver, sink: Path) -> None:
     assert "x-request-id" not in response.headers
     assert receiver.spans() == []
     assert [r["route"] for r in read_lines(sink)] == ["/users/{user_id}"]
+
+
+def test_otel_resource_attributes_are_added(
+    receiver: OtlpReceiver, sink: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=payments,service.name=ignored")
+    app = app_with(config_for(receiver.endpoint, sink))
+    with serve(app) as url:
+        httpx.get(url + "/users/1")
+    [span] = receiver.spans()
+    assert span.resource_attributes["team"] == "payments"
+    assert span.resource_attributes["service.name"] == "svc-under-test"

@@ -1,0 +1,523 @@
+"""``litestar obs``: the resolved configuration, a live check of every pipe, a test error.
+
+The plugin is also a Litestar CLI plugin; its ``on_cli_init`` calls :func:`add_obs_commands`,
+which adds an ``obs`` group to ``litestar``::
+
+    litestar --app example_app.app:app obs config        # every setting, its value and where it came from
+    litestar --app example_app.app:app obs check         # one span, one metric point, one event; round trips
+    litestar --app example_app.app:app obs test-error    # a test exception through the request-error path
+
+An invalid environment usually fails while the CLI imports the app (``ObservabilityConfig.from_env()``
+at module level), before any command runs. So that the user sees the ``ConfigError`` text and exit
+code 2 rather than a traceback, importing this module from the ``litestar`` command line (the plugin
+module imports it) installs a ``sys.excepthook`` that does exactly that for a ``ConfigError`` and
+defers to the previous hook for anything else. Nothing is installed in any other process.
+
+Only ``sys`` and the config are imported at module level: a server importing the plugin does not pay
+for click or the exporters' test paths.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_url
+
+if TYPE_CHECKING:
+    import click
+
+__all__ = ["ObservabilityTestError", "PipeResult", "add_obs_commands", "check_pipes", "config_rows"]
+
+#: ``--timeout`` default (seconds): how long a command waits for one peer.
+DEFAULT_TIMEOUT = 5.0
+
+Source = Literal["default", "environment", "code"]
+Result = Literal["ok", "failed", "off"]
+
+# --------------------------------------------------------------------------- ConfigError at app import
+
+
+def _exit_on_config_error(previous: Callable[[type[BaseException], BaseException, TracebackType | None], Any]) -> Any:
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if isinstance(exc, ConfigError):
+            sys.stderr.write(f"Error: {exc}\n")
+            sys.stderr.flush()
+            raise SystemExit(2)  # CPython exits with this code when an excepthook raises SystemExit
+        previous(exc_type, exc, tb)
+
+    hook.omnii_obs = True  # type: ignore[attr-defined]
+    return hook
+
+
+# The litestar CLI imports the app (and so this module) inside its own group set-up, where a
+# ConfigError escapes click entirely; only the interpreter's last-resort hook can still answer.
+if "litestar.cli.main" in sys.modules and not getattr(sys.excepthook, "omnii_obs", False):
+    sys.excepthook = _exit_on_config_error(sys.excepthook)
+
+
+# --------------------------------------------------------------------------- obs config
+
+#: The variables ``ObservabilityConfig.from_env`` reads for each setting (first wins).
+ENV_VARS: dict[str, tuple[str, ...]] = {
+    "environment": ("APP_ENV",),
+    "version": ("APP_VERSION",),
+    "service_name": ("OTEL_SERVICE_NAME",),
+    "latency.enabled": ("OMNII_OBS_LATENCY",),
+    "latency.exclude_paths": ("OMNII_OBS_EXCLUDE_PATHS",),
+    "latency.opt_key": ("OMNII_OBS_OPT_KEY",),
+    "latency.unmatched_route": ("OMNII_OBS_UNMATCHED_ROUTE",),
+    "metrics.sink": ("OMNII_OBS_METRICS_SINK",),
+    "metrics.max_queue": ("OMNII_OBS_METRICS_MAX_QUEUE",),
+    "metrics.flush_interval": ("OMNII_OBS_METRICS_FLUSH_INTERVAL",),
+    "sentry.dsn": ("SENTRY_DSN",),
+    "sentry.environment": ("SENTRY_ENVIRONMENT",),
+    "sentry.release": ("SENTRY_RELEASE",),
+    "sentry.traces_sample_rate": ("SENTRY_TRACES_SAMPLE_RATE",),
+    "sentry.ignore_errors": ("OMNII_OBS_SENTRY_IGNORE_ERRORS",),
+    "sentry.capture_status_codes": ("OMNII_OBS_SENTRY_CAPTURE_STATUS",),
+    "sentry.scrub_keys": ("OMNII_OBS_SENTRY_SCRUB_KEYS",),
+    "sentry.send_default_pii": ("OMNII_OBS_SENTRY_SEND_PII",),
+    "sentry.flush_timeout": ("OMNII_OBS_SENTRY_FLUSH_TIMEOUT",),
+    "tracing.enabled": ("OMNII_OBS_TRACING",),
+    "tracing.otlp_endpoint": ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    "tracing.otlp_headers": ("OTEL_EXPORTER_OTLP_HEADERS",),
+    "tracing.console": ("OMNII_OBS_TRACES_CONSOLE",),
+    "tracing.shutdown_timeout": ("OMNII_OBS_SHUTDOWN_TIMEOUT",),
+    "tracing.export_timeout": ("OMNII_OBS_EXPORT_TIMEOUT",),
+    "tracing.use_global_provider": ("OMNII_OBS_USE_APP_PROVIDER",),
+}
+
+
+@dataclass(frozen=True)
+class ConfigRow:
+    """One setting as ``obs config`` shows it; ``value`` is already redacted."""
+
+    name: str
+    value: str
+    source: Source
+    variable: str | None
+
+
+def _leaves(struct: msgspec.Struct, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for field in msgspec.structs.fields(type(struct)):
+        value = getattr(struct, field.name)
+        if isinstance(value, msgspec.Struct):
+            yield from _leaves(value, f"{prefix}{field.name}.")
+        else:
+            yield f"{prefix}{field.name}", value
+
+
+def _ranges(codes: frozenset[int]) -> str:
+    spans: list[list[int]] = []
+    for code in sorted(codes):
+        if spans and code == spans[-1][1] + 1:
+            spans[-1][1] = code
+        else:
+            spans.append([code, code])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _display(name: str, value: Any) -> str:
+    """A setting's value as text, with the DSN's key and OTLP header values hidden."""
+    if value is None:
+        return "-"
+    if name in ("sentry.dsn", "tracing.otlp_endpoint"):
+        return redact_url(str(value)) or "-"
+    if name == "tracing.otlp_headers":
+        return ",".join(f"{key}=***" for key, _ in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, frozenset):
+        return _ranges(value)
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def config_rows(config: ObservabilityConfig, environ: Mapping[str, str] | None = None) -> list[ConfigRow]:
+    """Every setting of ``config`` with where it came from.
+
+    ``environment``: equal to what ``from_env`` reads and its variable is set; ``default``: equal to
+    ``ObservabilityConfig()`` and no variable set; anything else was set in code.
+
+    Raises:
+        ConfigError: when the environment is invalid.
+    """
+    environ = os.environ if environ is None else environ
+    from_env = dict(_leaves(ObservabilityConfig.from_env(environ)))
+    defaults = dict(_leaves(ObservabilityConfig()))
+    rows: list[ConfigRow] = []
+    for name, value in _leaves(config):
+        names = ENV_VARS.get(name, ())
+        set_vars = [var for var in names if environ.get(var, "") != ""]
+        source: Source = "code"
+        if set_vars and value == from_env.get(name):
+            source = "environment"
+        elif not set_vars and value == defaults.get(name):
+            source = "default"
+        variable = set_vars[0] if set_vars else (names[0] if names else None)
+        rows.append(ConfigRow(name, _display(name, value), source, variable))
+    return rows
+
+
+# --------------------------------------------------------------------------- obs check
+
+
+@dataclass(frozen=True)
+class PipeResult:
+    """One pipe's outcome: ``off`` (not configured), ``ok`` or ``failed`` (with why)."""
+
+    pipe: str
+    target: str
+    result: Result
+    detail: str
+    time_ms: float | None
+
+
+def _short(exc: BaseException) -> str:
+    text = re.sub(r"<[^>]*>: ", "", str(exc)).strip()  # urllib3 prefixes "<...Connection object at 0x..>: "
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _otlp_target(config: ObservabilityConfig) -> str:
+    target = redact_url(config.tracing.otlp_endpoint) or "-"
+    if config.tracing.otlp_headers:
+        target += " (headers " + _display("tracing.otlp_headers", config.tracing.otlp_headers) + ")"
+    return target
+
+
+class _ExporterErrors(logging.Handler):
+    """Keeps the OTLP exporter's last error per thread (the reason an export failed); prints nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last: dict[int | None, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR or "error" in record.getMessage().lower():
+            message = record.getMessage()
+            code = re.search(r"StatusCode\.(\w+)", message)
+            details = re.search(r"[Ee]rror details: (.*)", message)
+            self.last[record.thread] = (
+                " ".join(part for part in (code.group(1) if code else "", details.group(1) if details else "") if part)
+                or message.splitlines()[0][:160]
+            )
+
+
+@contextmanager
+def _quiet_loggers(names: Sequence[str], handler: logging.Handler) -> Iterator[None]:
+    """Route these loggers to ``handler`` only, so the check's output stays a table."""
+    saved = []
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate))
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, propagate in saved:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+
+def _resource_attributes(config: ObservabilityConfig) -> dict[str, str]:
+    return {
+        "service.name": config.service_name,
+        "service.version": config.version,
+        "deployment.environment.name": config.environment,
+    }
+
+
+def _exporter_args(config: ObservabilityConfig, timeout: float) -> dict[str, Any]:
+    endpoint = config.tracing.otlp_endpoint or ""
+    args: dict[str, Any] = {"endpoint": endpoint, "insecure": endpoint.startswith("http://"), "timeout": timeout}
+    if config.tracing.otlp_headers:  # else the exporter reads OTEL_EXPORTER_OTLP_HEADERS itself, as the app's does
+        args["headers"] = dict(config.tracing.otlp_headers)
+    return args
+
+
+def _check_traces(config: ObservabilityConfig, timeout: float, errors: _ExporterErrors) -> tuple[bool, str]:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    provider = TracerProvider(
+        resource=Resource.create(_resource_attributes(config)), sampler=ALWAYS_ON, shutdown_on_exit=False
+    )
+    span = provider.get_tracer("litestar_omnii_obs").start_span("litestar obs check", attributes={"omnii.check": True})
+    span.end()
+    assert isinstance(span, ReadableSpan)  # the SDK's recording span
+    exporter = OTLPSpanExporter(**_exporter_args(config, timeout))
+    try:
+        ok = exporter.export([span]) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    return ok, f"span {span.get_span_context().trace_id:032x}" if ok else errors.last.get(threading.get_ident(), "")
+
+
+def _check_metrics(config: ObservabilityConfig, timeout: float, errors: _ExporterErrors) -> tuple[bool, str]:
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
+    from opentelemetry.sdk.resources import Resource
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(
+        resource=Resource.create(_resource_attributes(config)), metric_readers=[reader], shutdown_on_exit=False
+    )
+    counter = provider.get_meter("litestar_omnii_obs").create_counter("omnii.check", description="obs check point")
+    counter.add(1, {"omnii.check": "true"})
+    data = reader.get_metrics_data()
+    provider.shutdown()
+    if data is None:
+        return False, "no metric point was produced"
+    exporter = OTLPMetricExporter(**_exporter_args(config, timeout))
+    try:
+        ok = exporter.export(data, timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    return ok, "1 point (omnii.check)" if ok else errors.last.get(threading.get_ident(), "")
+
+
+def _check_sentry(config: ObservabilityConfig, timeout: float) -> tuple[bool, str]:
+    import sentry_sdk
+    import urllib3
+    from sentry_sdk.transport import HttpTransport
+
+    outcome: dict[str, Any] = {}
+    answered = threading.Event()
+
+    class CheckTransport(HttpTransport):
+        """sentry-sdk's own HTTP transport, with no retries and the check's timeout; records the answer."""
+
+        def _get_pool_options(self) -> dict[str, Any]:
+            options: dict[str, Any] = super()._get_pool_options()
+            options["retries"] = False
+            options["timeout"] = urllib3.Timeout(connect=timeout, read=timeout)
+            return options
+
+        def _send_request(self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Any = None) -> None:
+            try:
+                super()._send_request(body, headers, endpoint_type, envelope)
+            except Exception as exc:
+                outcome.setdefault("result", (False, _short(exc)))
+            answered.set()
+
+        def _handle_response(self, response: Any, envelope: Any) -> None:
+            super()._handle_response(response, envelope)
+            status = int(response.status)
+            if 200 <= status < 300:
+                outcome.setdefault("result", (True, f"HTTP {status}"))
+            else:
+                reason = " (rate limited)" if status == 429 else ""
+                outcome.setdefault("result", (False, f"HTTP {status}{reason}"))
+
+    client = sentry_sdk.Client(
+        dsn=config.sentry.dsn,
+        transport=CheckTransport,
+        environment=config.sentry.environment or config.environment,
+        release=config.sentry.release or config.version,
+        default_integrations=False,
+        auto_enabling_integrations=False,
+        send_client_reports=False,
+    )
+    try:
+        event_id = client.capture_event(
+            {
+                "message": f"litestar obs check from {config.service_name}",
+                "level": "info",
+                "logger": "litestar_omnii_obs.cli",
+                "tags": {"omnii.check": "true"},
+            }
+        )
+        if event_id is None:
+            return False, "sentry-sdk dropped the test event"
+        if not answered.wait(timeout + 1.0):
+            return False, f"no answer within {timeout:g}s"
+        ok, detail = outcome.get("result", (False, "no answer"))
+        return ok, f"{detail}, event {event_id}" if ok else detail
+    finally:
+        client.close(timeout=0.0)
+
+
+def _timed(pipe: str, target: str, run: Callable[[], tuple[bool, str]]) -> PipeResult:
+    start = time.perf_counter()
+    try:
+        ok, detail = run()
+    except Exception as exc:
+        ok, detail = False, _short(exc)
+    elapsed = round((time.perf_counter() - start) * 1000, 1)
+    return PipeResult(pipe, target, "ok" if ok else "failed", detail, elapsed)
+
+
+def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -> list[PipeResult]:
+    """Send one span, one metric point and one event where ``config`` says; wait for each answer.
+
+    The pipes run in parallel daemon threads, each bounded by ``timeout``; a pipe still busy
+    after that (plus a second of grace) is reported as failed, so the whole check is bounded.
+    """
+    tracing, endpoint, dsn = config.tracing.enabled, config.tracing.otlp_endpoint, config.sentry.dsn
+    off_otlp = "OMNII_OBS_TRACING=false" if not tracing else "OTEL_EXPORTER_OTLP_ENDPOINT not set"
+    errors = _ExporterErrors()
+    plans: list[tuple[str, str, Callable[[], tuple[bool, str]] | None, str]] = [
+        ("otlp-traces", _otlp_target(config), lambda: _check_traces(config, timeout, errors), off_otlp),
+        ("otlp-metrics", _otlp_target(config), lambda: _check_metrics(config, timeout, errors), off_otlp),
+        ("sentry", redact_url(dsn) or "-", lambda: _check_sentry(config, timeout), "SENTRY_DSN not set"),
+    ]
+    results: dict[str, PipeResult] = {}
+    threads: list[tuple[str, str, threading.Thread]] = []
+    for pipe, target, run, off_reason in plans:
+        configured = bool(dsn) if pipe == "sentry" else bool(tracing and endpoint)
+        if not configured or run is None:
+            results[pipe] = PipeResult(pipe, target if target != "-" else "-", "off", off_reason, None)
+            continue
+
+        def work(pipe: str = pipe, target: str = target, run: Callable[[], tuple[bool, str]] = run) -> None:
+            results[pipe] = _timed(pipe, target, run)
+
+        thread = threading.Thread(target=work, name=f"omnii-obs-check-{pipe}", daemon=True)
+        threads.append((pipe, target, thread))
+    exporter_loggers = ("opentelemetry.exporter.otlp.proto.grpc.exporter", "sentry_sdk.errors")
+    with _quiet_loggers(exporter_loggers, errors):
+        for _, _, thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout + 1.0
+        for pipe, target, thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                results[pipe] = PipeResult(pipe, target, "failed", f"no answer within {timeout:g}s", None)
+    return [results[pipe] for pipe, *_ in plans]
+
+
+# --------------------------------------------------------------------------- obs test-error
+
+
+class ObservabilityTestError(RuntimeError):
+    """Raised (and reported) by ``litestar obs test-error``."""
+
+
+def send_test_error(config: ObservabilityConfig, message: str, timeout: float) -> tuple[str | None, str | None]:
+    """Raise and report a test error like a request error; returns ``(event_id, failure)``."""
+    import sentry_sdk
+
+    from litestar_omnii_obs import sentry
+
+    # Bound the shutdown flush too: the whole command then answers within about ``timeout``.
+    bounded = msgspec.structs.replace(config, sentry=msgspec.structs.replace(config.sentry, flush_timeout=timeout))
+    if not sentry.init_sentry(bounded):
+        return None, "SENTRY_DSN is not set: there is nowhere to send a test error"
+    try:
+        raise ObservabilityTestError(message)
+    except ObservabilityTestError as exc:
+        event_id = sentry.capture_error(exc, tags={"omnii.test_error": "true"})
+    transport = sentry_sdk.get_client().transport
+    sentry.flush_sentry(timeout)
+    if event_id is None:
+        return None, "the event was dropped before sending (ignored error type or a before_send hook)"
+    if isinstance(transport, sentry.QuietHttpTransport) and transport._failing:  # pyright: ignore[reportPrivateUsage]
+        return event_id, "Sentry did not accept it (see the warning above)"
+    return event_id, None
+
+
+# --------------------------------------------------------------------------- the click group
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows])
+
+
+def _config_error(exc: ConfigError) -> None:
+    import click
+
+    click.echo(f"Error: {exc}", err=True)
+    raise click.exceptions.Exit(2)
+
+
+def add_obs_commands(cli: click.Group, config: ObservabilityConfig) -> None:
+    """Add the ``obs`` group (``config``, ``check``, ``test-error``) to the Litestar CLI group ``cli``."""
+    import click
+
+    if "obs" in cli.commands:  # a second plugin instance: the first one's commands stay
+        return
+
+    timeout_option = click.option(
+        "--timeout",
+        type=click.FloatRange(0.1, 300.0),
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        help="Seconds to wait for each peer.",
+    )
+    json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+
+    @cli.group(name="obs")
+    def obs() -> None:
+        """Observability: show the configuration, check the pipes, send a test error."""
+
+    @obs.command(name="config")
+    @json_option
+    def config_command(as_json: bool) -> None:
+        """Show the resolved configuration and where each value came from (secrets hidden)."""
+        try:
+            rows = config_rows(config)
+        except ConfigError as exc:
+            _config_error(exc)
+            return
+        if as_json:
+            click.echo(json.dumps({"config": [asdict(row) for row in rows]}, indent=2))
+            return
+        table = [(row.name, row.value, row.source, row.variable or "-") for row in rows]
+        click.echo(_table(("setting", "value", "source", "variable"), table))
+
+    @obs.command(name="check")
+    @timeout_option
+    @json_option
+    def check_command(timeout: float, as_json: bool) -> None:
+        """Send one span, one metric point and one event to what is configured; report each round trip.
+
+        Exits 1 when a configured pipe fails; unconfigured pipes are shown as "off".
+        """
+        results = check_pipes(config, timeout)
+        failed = [r for r in results if r.result == "failed"]
+        if as_json:
+            click.echo(json.dumps({"ok": not failed, "pipes": [asdict(r) for r in results]}, indent=2))
+        else:
+            rows = [
+                (r.pipe, r.target, r.result, "-" if r.time_ms is None else f"{r.time_ms:.1f} ms", r.detail)
+                for r in results
+            ]
+            click.echo(_table(("pipe", "target", "result", "time", "detail"), rows))
+            configured = sum(1 for r in results if r.result != "off")
+            click.echo(f"\n{len(failed)} of {configured} configured pipe(s) failed" if failed else "\nall ok")
+        if failed:
+            raise click.exceptions.Exit(1)
+
+    @obs.command(name="test-error")
+    @click.option("--message", default="litestar obs test-error: a test exception", show_default=True)
+    @timeout_option
+    def test_error_command(message: str, timeout: float) -> None:
+        """Raise a test exception and report it to Sentry like a request error; print its event id."""
+        event_id, failure = send_test_error(config, message, timeout)
+        if event_id:
+            click.echo(f"event id: {event_id}")
+        if failure:
+            click.echo(f"Error: {failure}", err=True)
+            raise click.exceptions.Exit(1)
+        click.echo(f"sent to {redact_url(config.sentry.dsn)}")

@@ -13,8 +13,8 @@ code 2 rather than a traceback, importing this module from the ``litestar`` comm
 module imports it) installs a ``sys.excepthook`` that does exactly that for a ``ConfigError`` and
 defers to the previous hook for anything else. Nothing is installed in any other process.
 
-Only ``sys`` and the config are imported at module level: a server importing the plugin does not pay
-for click or the exporters' test paths.
+Only the standard library and the config are imported at module level; click, sentry-sdk and the
+OTLP exporters are imported when a command runs, so a server importing the plugin pays nothing for it.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import msgspec
 
@@ -137,13 +138,13 @@ def _display(name: str, value: Any) -> str:
     if name in ("sentry.dsn", "tracing.otlp_endpoint"):
         return redact_url(str(value)) or "-"
     if name == "tracing.otlp_headers":
-        return ",".join(f"{key}=***" for key, _ in value)
+        return ",".join(f"{key}=***" for key, _ in value) or "-"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, frozenset):
         return _ranges(value)
     if isinstance(value, tuple):
-        return ",".join(str(item) for item in value)
+        return ",".join(str(item) for item in value) or "-"
     return str(value)
 
 
@@ -208,7 +209,7 @@ class _ExporterErrors(logging.Handler):
         self.last: dict[int | None, str] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR or "error" in record.getMessage().lower():
+        if record.levelno >= logging.WARNING:
             message = record.getMessage()
             code = re.search(r"StatusCode\.(\w+)", message)
             details = re.search(r"[Ee]rror details: (.*)", message)
@@ -263,7 +264,8 @@ def _check_traces(config: ObservabilityConfig, timeout: float, errors: _Exporter
     )
     span = provider.get_tracer("litestar_omnii_obs").start_span("litestar obs check", attributes={"omnii.check": True})
     span.end()
-    assert isinstance(span, ReadableSpan)  # the SDK's recording span
+    if not isinstance(span, ReadableSpan):  # pragma: no cover - ALWAYS_ON gives the SDK's recording span
+        return False, "could not build a test span"
     exporter = OTLPSpanExporter(**_exporter_args(config, timeout))
     try:
         ok = exporter.export([span]) is SpanExportResult.SUCCESS
@@ -310,7 +312,7 @@ def _check_sentry(config: ObservabilityConfig, timeout: float) -> tuple[bool, st
         def _get_pool_options(self) -> dict[str, Any]:
             options: dict[str, Any] = super()._get_pool_options()
             options["retries"] = False
-            options["timeout"] = urllib3.Timeout(connect=timeout, read=timeout)
+            options["timeout"] = urllib3.Timeout(total=timeout)
             return options
 
         def _send_request(self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Any = None) -> None:
@@ -370,40 +372,56 @@ def _timed(pipe: str, target: str, run: Callable[[], tuple[bool, str]]) -> PipeR
 def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -> list[PipeResult]:
     """Send one span, one metric point and one event where ``config`` says; wait for each answer.
 
-    The pipes run in parallel daemon threads, each bounded by ``timeout``; a pipe still busy
-    after that (plus a second of grace) is reported as failed, so the whole check is bounded.
+    The configured pipes run in parallel daemon threads, each bounded by ``timeout``; a pipe
+    still busy a second after that is reported as failed, so the whole check is bounded.
     """
-    tracing, endpoint, dsn = config.tracing.enabled, config.tracing.otlp_endpoint, config.sentry.dsn
-    off_otlp = "OMNII_OBS_TRACING=false" if not tracing else "OTEL_EXPORTER_OTLP_ENDPOINT not set"
     errors = _ExporterErrors()
-    plans: list[tuple[str, str, Callable[[], tuple[bool, str]] | None, str]] = [
-        ("otlp-traces", _otlp_target(config), lambda: _check_traces(config, timeout, errors), off_otlp),
-        ("otlp-metrics", _otlp_target(config), lambda: _check_metrics(config, timeout, errors), off_otlp),
-        ("sentry", redact_url(dsn) or "-", lambda: _check_sentry(config, timeout), "SENTRY_DSN not set"),
+    otlp = config.tracing.enabled and bool(config.tracing.otlp_endpoint)
+    otlp_off = "OTEL_EXPORTER_OTLP_ENDPOINT not set" if config.tracing.enabled else "OMNII_OBS_TRACING=false"
+    pipes: list[tuple[str, str, Callable[[], tuple[bool, str]] | None, str]] = [
+        (
+            "otlp-traces",
+            _otlp_target(config),
+            partial(_check_traces, config, timeout, errors) if otlp else None,
+            otlp_off,
+        ),
+        (
+            "otlp-metrics",
+            _otlp_target(config),
+            partial(_check_metrics, config, timeout, errors) if otlp else None,
+            otlp_off,
+        ),
+        (
+            "sentry",
+            redact_url(config.sentry.dsn) or "-",
+            partial(_check_sentry, config, timeout) if config.sentry.dsn else None,
+            "SENTRY_DSN not set",
+        ),
     ]
-    results: dict[str, PipeResult] = {}
-    threads: list[tuple[str, str, threading.Thread]] = []
-    for pipe, target, run, off_reason in plans:
-        configured = bool(dsn) if pipe == "sentry" else bool(tracing and endpoint)
-        if not configured or run is None:
-            results[pipe] = PipeResult(pipe, target if target != "-" else "-", "off", off_reason, None)
-            continue
+    finished: dict[str, PipeResult] = {}
+    threads: dict[str, threading.Thread] = {}
+    for pipe, target, run, _ in pipes:
+        if run is not None:
 
-        def work(pipe: str = pipe, target: str = target, run: Callable[[], tuple[bool, str]] = run) -> None:
-            results[pipe] = _timed(pipe, target, run)
+            def work(pipe: str = pipe, target: str = target, run: Callable[[], tuple[bool, str]] = run) -> None:
+                finished[pipe] = _timed(pipe, target, run)
 
-        thread = threading.Thread(target=work, name=f"omnii-obs-check-{pipe}", daemon=True)
-        threads.append((pipe, target, thread))
-    exporter_loggers = ("opentelemetry.exporter.otlp.proto.grpc.exporter", "sentry_sdk.errors")
-    with _quiet_loggers(exporter_loggers, errors):
-        for _, _, thread in threads:
+            threads[pipe] = threading.Thread(target=work, name=f"omnii-obs-check-{pipe}", daemon=True)
+    with _quiet_loggers(("opentelemetry.exporter.otlp.proto.grpc.exporter",), errors):
+        for thread in threads.values():
             thread.start()
         deadline = time.monotonic() + timeout + 1.0
-        for pipe, target, thread in threads:
+        for thread in threads.values():
             thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                results[pipe] = PipeResult(pipe, target, "failed", f"no answer within {timeout:g}s", None)
-    return [results[pipe] for pipe, *_ in plans]
+    results: list[PipeResult] = []
+    for pipe, target, _, why_off in pipes:
+        if pipe not in threads:
+            results.append(PipeResult(pipe, target, "off", why_off, None))
+        elif threads[pipe].is_alive() or pipe not in finished:
+            results.append(PipeResult(pipe, target, "failed", f"no answer within {timeout:g}s", None))
+        else:
+            results.append(finished[pipe])
+    return results
 
 
 # --------------------------------------------------------------------------- obs test-error
@@ -413,26 +431,53 @@ class ObservabilityTestError(RuntimeError):
     """Raised (and reported) by ``litestar obs test-error``."""
 
 
+#: How :class:`~litestar_omnii_obs.sentry.QuietHttpTransport` logs a failed send; group 1 is the reason.
+_SEND_FAILED = re.compile(r"^sending to Sentry at \S+ failed \((.*)\); ")
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def send_test_error(config: ObservabilityConfig, message: str, timeout: float) -> tuple[str | None, str | None]:
-    """Raise and report a test error like a request error; returns ``(event_id, failure)``."""
+    """Raise and report a test error through the request-error path; returns ``(event_id, failure)``.
+
+    Sentry is initialised by :func:`~litestar_omnii_obs.sentry.init_sentry` (same scrubber,
+    ``before_send``, ignored errors and transport as the app) and the error goes through
+    :func:`~litestar_omnii_obs.sentry.capture_error`; then the queue is flushed within ``timeout``.
+    """
     import sentry_sdk
 
     from litestar_omnii_obs import sentry
 
-    # Bound the shutdown flush too: the whole command then answers within about ``timeout``.
-    bounded = msgspec.structs.replace(config, sentry=msgspec.structs.replace(config.sentry, flush_timeout=timeout))
-    if not sentry.init_sentry(bounded):
+    if not config.sentry.dsn:
         return None, "SENTRY_DSN is not set: there is nowhere to send a test error"
-    try:
-        raise ObservabilityTestError(message)
-    except ObservabilityTestError as exc:
-        event_id = sentry.capture_error(exc, tags={"omnii.test_error": "true"})
-    transport = sentry_sdk.get_client().transport
-    sentry.flush_sentry(timeout)
+    # Bound the SDK's own flush at exit as well, so the command answers within about ``timeout``.
+    bounded = msgspec.structs.replace(config, sentry=msgspec.structs.replace(config.sentry, flush_timeout=timeout))
+    warnings = _Warnings()
+    with _quiet_loggers(("litestar_omnii_obs",), warnings):
+        sentry.init_sentry(bounded)
+        try:
+            raise ObservabilityTestError(message)
+        except ObservabilityTestError as exc:
+            event_id = sentry.capture_error(exc, tags={"omnii.test_error": "true"})
+        transport = sentry_sdk.get_client().transport
+        started = time.monotonic()
+        sentry.flush_sentry(timeout)
+        drained = time.monotonic() - started < timeout * 0.98  # flush returns early once the queue is empty
+        sentry_sdk.get_client().close(timeout=0.0)  # nothing left to wait for at exit
     if event_id is None:
-        return None, "the event was dropped before sending (ignored error type or a before_send hook)"
+        return None, "the event was dropped before sending (an ignored error type or a before_send hook)"
     if isinstance(transport, sentry.QuietHttpTransport) and transport._failing:  # pyright: ignore[reportPrivateUsage]
-        return event_id, "Sentry did not accept it (see the warning above)"
+        reasons = [m.group(1) for m in map(_SEND_FAILED.search, warnings.messages) if m]
+        return event_id, f"Sentry did not accept it: {reasons[-1] if reasons else 'the send failed'}"
+    if not drained:
+        return event_id, f"Sentry did not answer within {timeout:g}s"
     return event_id, None
 
 
@@ -444,7 +489,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows])
 
 
-def _config_error(exc: ConfigError) -> None:
+def _config_error(exc: ConfigError) -> NoReturn:
     import click
 
     click.echo(f"Error: {exc}", err=True)
@@ -479,7 +524,6 @@ def add_obs_commands(cli: click.Group, config: ObservabilityConfig) -> None:
             rows = config_rows(config)
         except ConfigError as exc:
             _config_error(exc)
-            return
         if as_json:
             click.echo(json.dumps({"config": [asdict(row) for row in rows]}, indent=2))
             return
@@ -505,7 +549,13 @@ def add_obs_commands(cli: click.Group, config: ObservabilityConfig) -> None:
             ]
             click.echo(_table(("pipe", "target", "result", "time", "detail"), rows))
             configured = sum(1 for r in results if r.result != "off")
-            click.echo(f"\n{len(failed)} of {configured} configured pipe(s) failed" if failed else "\nall ok")
+            if not configured:
+                summary = "no pipe is configured (set OTEL_EXPORTER_OTLP_ENDPOINT and/or SENTRY_DSN)"
+            elif failed:
+                summary = f"{len(failed)} of {configured} configured pipe(s) failed"
+            else:
+                summary = f"all {configured} configured pipe(s) ok"
+            click.echo(f"\n{summary}")
         if failed:
             raise click.exceptions.Exit(1)
 

@@ -51,7 +51,9 @@ class Server:
         return total
 
 
-def start_server(env: dict[str, str], tmp: Path, *, server: str = "uvicorn", workers: int = 1) -> Server:
+def start_server(
+    env: dict[str, str], tmp: Path, *, server: str = "uvicorn", workers: int = 1, stdout: int = subprocess.DEVNULL
+) -> Server:
     port = free_port()
     if server == "uvicorn":
         command = [sys.executable, "-m", "uvicorn", "example_app.app:app", "--host", "127.0.0.1", "--port", str(port)]
@@ -65,7 +67,7 @@ def start_server(env: dict[str, str], tmp: Path, *, server: str = "uvicorn", wor
         command,
         cwd=ROOT,
         env=full_env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=stderr_path.open("wb"),
     )
     url = f"http://127.0.0.1:{port}"

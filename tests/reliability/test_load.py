@@ -40,7 +40,7 @@ def env_for(receiver: OtlpReceiver, ingest: SentryIngest, sink: Path) -> dict[st
         "OTEL_BSP_MAX_QUEUE_SIZE": "20000",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         # The ingest shares two cores with the load generator: give the final flush room.
-        "OMNII_OBS_SENTRY_FLUSH_TIMEOUT": "20",
+        "OMNII_OBS_SENTRY_FLUSH_TIMEOUT": "10",
         "OMNII_OBS_SHUTDOWN_TIMEOUT": "20",
     }
 

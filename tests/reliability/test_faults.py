@@ -1,0 +1,228 @@
+"""Faults survived: dead, flapping, slow and refusing peers, and an unwritable metrics sink.
+
+For each fault, example_app runs under uvicorn with real peers on 127.0.0.1 and takes a
+bounded mix of requests. Every request must answer with its normal status, the fault
+must be logged once (not per request), and the server must still shut down. The p99
+latency against a no-fault run is measured and recorded for the README, not asserted
+(tests never assert wall-clock times); memory growth under a dead collector is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.sentry_ingest import SentryIngest
+from tests.reliability.servers import RESULTS, LoadResult, Server, drive, save_figures, start_server
+
+REQUESTS = 700
+CONCURRENCY = 20
+SOAK_SECONDS = float(os.environ.get("RELIABILITY_SOAK_SECONDS", "60"))
+
+
+@pytest.fixture
+def peers() -> Iterator[tuple[OtlpReceiver, SentryIngest]]:
+    with OtlpReceiver() as receiver, SentryIngest() as ingest:
+        yield receiver, ingest
+
+
+def dead_port_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def base_env(receiver: OtlpReceiver, ingest: SentryIngest, sink: Path) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "SENTRY_DSN": ingest.dsn,
+        "OMNII_OBS_METRICS_SINK": str(sink),
+        "OMNII_OBS_EXPORT_TIMEOUT": "1",
+        "OMNII_OBS_SHUTDOWN_TIMEOUT": "3",
+    }
+
+
+def our_log_lines(server: Server) -> list[str]:
+    """Lines the server wrote beyond uvicorn's own start/stop chatter."""
+    return [line for line in server.stderr().splitlines() if line.strip() and not line.startswith("INFO:")]
+
+
+def run(server: Server, during: Callable[[int], None] | None = None) -> LoadResult:
+    try:
+        return asyncio.run(drive(server.url, REQUESTS, CONCURRENCY, on_progress=during))
+    finally:
+        server.stop()
+
+
+def assert_normal(result: LoadResult) -> None:
+    assert len(result.answered) == REQUESTS
+    wrong = [(o.path, o.status) for o in result.answered if o.status != o.expected]
+    assert wrong == []
+
+
+def record(name: str, result: LoadResult, server: Server, baseline_p99: float | None = None) -> None:
+    figures: dict[str, object] = {
+        "requests": REQUESTS,
+        "answered_normally": sum(o.status == o.expected for o in result.answered),
+        "p99_ms": round(result.p99() * 1000, 2),
+        "log_lines": len(our_log_lines(server)),
+    }
+    if baseline_p99:
+        figures["p99_ratio"] = round(result.p99() / baseline_p99, 2)
+    save_figures(f"fault-{name}", figures)
+
+
+def baseline_p99() -> float | None:
+    path = RESULTS / "fault-none.json"
+    if not path.exists():
+        return None
+    import json
+
+    return float(json.loads(path.read_text())["p99_ms"]) / 1000
+
+
+def test_no_fault_baseline(peers: tuple[OtlpReceiver, SentryIngest], tmp_path: Path) -> None:
+    receiver, ingest = peers
+    server = start_server(base_env(receiver, ingest, tmp_path / "m.jsonl"), tmp_path)
+    result = run(server)
+    assert_normal(result)
+    assert our_log_lines(server) == [
+        line for line in our_log_lines(server) if "Sentry initialised" in line
+    ]  # nothing but the start-up note
+    record("none", result, server)
+
+
+FAULTS = {
+    "collector-absent": ("OTLP trace export to", "is failing"),
+    "sentry-absent": ("sending to Sentry", "failed"),
+    "sentry-429": ("sending to Sentry", "failed"),
+    "sentry-500": ("sending to Sentry", "failed"),
+    "sink-full-disk": ("metrics sink", "failed"),
+    "sink-unopenable": ("metrics sink", "failed"),
+    "sink-closed-pipe": ("metrics sink", "failed"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_is_survived_and_logged_once(
+    fault: str, peers: tuple[OtlpReceiver, SentryIngest], tmp_path: Path
+) -> None:
+    receiver, ingest = peers
+    env = base_env(receiver, ingest, tmp_path / "m.jsonl")
+    stdout = subprocess.DEVNULL
+    if fault == "collector-absent":
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = dead_port_url()
+    elif fault == "sentry-absent":
+        env["SENTRY_DSN"] = f"http://publickey@127.0.0.1:{free_port()}/42"
+    elif fault.startswith("sentry-"):
+        ingest.status = int(fault.rsplit("-", 1)[1])
+    elif fault == "sink-full-disk":
+        env["OMNII_OBS_METRICS_SINK"] = "/dev/full"
+    elif fault == "sink-unopenable":
+        env["OMNII_OBS_METRICS_SINK"] = "/proc/version"
+    elif fault == "sink-closed-pipe":
+        env["OMNII_OBS_METRICS_SINK"] = "stdout"
+        stdout = subprocess.PIPE
+    server = start_server(env, tmp_path, stdout=stdout)
+    if server.proc.stdout is not None:
+        server.proc.stdout.close()  # nobody reads the metric lines any more
+    result = run(server)
+    assert_normal(result)
+    first, second = FAULTS[fault]
+    matching = [line for line in our_log_lines(server) if first in line and second in line]
+    assert len(matching) == 1, server.stderr()[-3000:]
+    assert len(our_log_lines(server)) <= 6, server.stderr()[-3000:]
+    record(fault, result, server, baseline_p99())
+
+
+def test_slow_sentry_is_survived(peers: tuple[OtlpReceiver, SentryIngest], tmp_path: Path) -> None:
+    receiver, ingest = peers
+    ingest.delay = 5.0
+    server = start_server(base_env(receiver, ingest, tmp_path / "m.jsonl"), tmp_path)
+    result = run(server)
+    assert_normal(result)
+    # Events wait in sentry-sdk's own queue; the bounded flush gives up once, with one line.
+    assert len(our_log_lines(server)) <= 4, server.stderr()[-3000:]
+    assert ingest.requests_received >= 1
+    record("sentry-slow", result, server, baseline_p99())
+
+
+def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
+    port = free_port()
+    receiver = OtlpReceiver(port=port).start()
+    with SentryIngest() as ingest:
+        env = base_env(receiver, ingest, tmp_path / "m.jsonl")
+        env["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+        server = start_server(env, tmp_path)
+        marks: dict[str, float] = {}
+
+        def flap(done: int) -> None:
+            if done == REQUESTS // 3:
+                receiver.stop()
+                marks["stopped"] = time.time()
+            elif done == 2 * REQUESTS // 3:
+                time.sleep(1.5)  # let at least one export fail while it is down
+                receiver.start()
+                marks["restarted"] = time.time()
+
+        try:
+            result = run(server, flap)
+        finally:
+            receiver.stop()
+    assert_normal(result)
+    assert set(marks) == {"stopped", "restarted"}
+    after_restart = [s for s in receiver.spans() if s.start_time_unix_nano / 1e9 > marks["restarted"]]
+    assert after_restart, "export did not resume after the collector came back"
+    lines = our_log_lines(server)
+    assert sum("OTLP trace export" in line and "is failing" in line for line in lines) == 1, lines
+    assert sum("OTLP trace export" in line and "recovered" in line for line in lines) == 1, lines
+    record("collector-restart", result, server, baseline_p99())
+
+
+def test_memory_stays_bounded_with_a_dead_collector(tmp_path: Path) -> None:
+    with SentryIngest() as ingest:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": dead_port_url(),
+            "SENTRY_DSN": ingest.dsn,
+            "OMNII_OBS_METRICS_SINK": str(tmp_path / "m.jsonl"),
+            "OMNII_OBS_EXPORT_TIMEOUT": "1",
+            "OMNII_OBS_SHUTDOWN_TIMEOUT": "2",
+        }
+        server = start_server(env, tmp_path)
+        samples: dict[str, int] = {}
+        sent = 0
+
+        async def soak() -> None:
+            nonlocal sent
+            started = time.monotonic()
+            while time.monotonic() - started < SOAK_SECONDS:
+                batch = await drive(server.url, 400, CONCURRENCY)
+                sent += len(batch.answered)
+                assert all(o.status == o.expected for o in batch.answered)
+                elapsed = time.monotonic() - started
+                if "early" not in samples and elapsed >= min(10.0, SOAK_SECONDS / 6):
+                    samples["early"] = server.rss_kib()
+            samples["late"] = server.rss_kib()
+
+        try:
+            asyncio.run(soak())
+        finally:
+            server.stop()
+    ratio = samples["late"] / samples["early"]
+    save_figures(
+        "memory-dead-collector",
+        {
+            "soak_seconds": SOAK_SECONDS,
+            "requests": sent,
+            "rss_early_kib": samples["early"],
+            "rss_late_kib": samples["late"],
+            "rss_ratio": round(ratio, 3),
+        },
+    )
+    assert ratio <= 1.2, samples

@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
-from litestar.plugins import InitPlugin
+from litestar.plugins import CLIPluginProtocol, InitPlugin
 
 from litestar_omnii_obs import metrics, sentry, tracing
+from litestar_omnii_obs.cli import add_obs_commands
 from litestar_omnii_obs.config import ObservabilityConfig
 from litestar_omnii_obs.hooks import ObserverMiddleware, RequestObserver
 
 if TYPE_CHECKING:
+    from click import Group
     from litestar import Litestar
     from litestar.config.app import AppConfig
 
@@ -22,7 +24,7 @@ __all__ = ["ObservabilityPlugin"]
 _logger = logging.getLogger("litestar_omnii_obs")
 
 
-class ObservabilityPlugin(InitPlugin):
+class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
     """Adds latency records, metrics, Sentry and tracing to a Litestar app.
 
     ``on_app_init`` only adds to the app's configuration: its lifespan goes first (so
@@ -46,6 +48,10 @@ class ObservabilityPlugin(InitPlugin):
         if self.config.sentry.dsn:
             _drop_sentry_litestar_hooks(app_config)
         return app_config
+
+    def on_cli_init(self, cli: Group) -> None:
+        """Add ``litestar obs`` (``config``, ``check``, ``test-error``) to the Litestar CLI."""
+        add_obs_commands(cli, self.config)
 
     @asynccontextmanager
     async def lifespan(self, app: Litestar) -> AsyncIterator[None]:

@@ -1,0 +1,1 @@
+"""Benchmark of litestar_omnii_obs against bare Litestar and the alternatives (issue 5); see run.sh."""

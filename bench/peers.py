@@ -1,0 +1,129 @@
+"""Live and dead telemetry peers for the benchmark, all on 127.0.0.1.
+
+The live ones are the test suite's real peers (a gRPC OTLP receiver, an HTTP Sentry ingest) with their
+request handling reduced to counting: they share the machine's two cores with the measured server, so
+they neither decode every span into Python objects nor keep what they received.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from bench.variants import Endpoints
+from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.sentry_ingest import SentryIngest
+
+__all__ = ["CountingOtlpReceiver", "CountingSentryIngest", "Peers"]
+
+
+class CountingOtlpReceiver(OtlpReceiver):
+    """Answers every Export OK and only counts spans and metric exports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.span_count = 0
+        self.metric_exports = 0
+
+    def _handle(self, signal: Any, request: Any, context: Any) -> None:
+        if signal == "traces":
+            n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            with self._lock:
+                self.span_count += n
+        else:
+            with self._lock:
+                self.metric_exports += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.span_count = self.metric_exports = 0
+
+
+class CountingSentryIngest(SentryIngest):
+    """Reads each envelope, answers 200 and only counts envelopes (no decompression, no parsing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.envelope_count = 0
+
+    def _handle(self, handler: Any) -> None:
+        handler.read_body()
+        with self._lock:
+            self.envelope_count += 1
+        handler.respond(200, {"id": None}, {})
+
+    def start(self) -> Self:
+        super().start()
+        # A sender that goes away mid-connection (a server being stopped) is expected here: no tracebacks.
+        self._server.handle_error = lambda request, client_address: None  # type: ignore[union-attr, method-assign]
+        return self
+
+    def reset(self) -> None:
+        with self._lock:
+            self.envelope_count = 0
+
+
+class Peers:
+    """A live OTLP receiver, a live Sentry ingest, a port where nothing listens and a scratch directory."""
+
+    def __init__(self) -> None:
+        self.otlp = CountingOtlpReceiver()
+        self.sentry = CountingSentryIngest()
+        # Bound but never listening: connections are refused, and no other process can take the port.
+        self._dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._tmp = tempfile.TemporaryDirectory(prefix="omnii-bench-")
+        self.workdir = Path(self._tmp.name)
+
+    def start(self) -> Self:
+        self._dead.bind(("127.0.0.1", 0))
+        self.otlp.start()
+        self.sentry.start()
+        return self
+
+    def stop(self) -> None:
+        self.otlp.stop()
+        self.sentry.stop()
+        self._dead.close()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def dead_port(self) -> int:
+        port: int = self._dead.getsockname()[1]
+        return port
+
+    def endpoints(self, workdir: Path | None = None) -> Endpoints:
+        return Endpoints(
+            otlp=self.otlp.endpoint,
+            dsn=self.sentry.dsn,
+            dead_otlp=f"http://127.0.0.1:{self.dead_port}",
+            dead_dsn=f"http://{self.sentry.public_key}@127.0.0.1:{self.dead_port}/{self.sentry.project_id}",
+            workdir=workdir or self.workdir,
+        )
+
+    def reset(self) -> None:
+        self.otlp.reset()
+        self.sentry.reset()
+
+    def counts(self) -> dict[str, int]:
+        return {"spans": self.otlp.span_count, "sentry": self.sentry.envelope_count}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

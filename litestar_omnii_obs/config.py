@@ -19,6 +19,7 @@ from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import msgspec
+from sentry_sdk.utils import BadDsn, Dsn
 
 __all__ = [
     "ConfigError",
@@ -35,6 +36,8 @@ _logger = logging.getLogger("litestar_omnii_obs")
 #: Prefix of this package's own variables; unknown names with it are warned about.
 ENV_PREFIX = "OMNII_OBS_"
 
+_MAX_INT = 2**31 - 1
+_HEADER_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_."
 _SAMPLERS = (
     "always_on",
     "always_off",
@@ -228,8 +231,8 @@ def _positive_int(value: str) -> int:
         number = int(value)
     except ValueError:
         number = 0
-    if number <= 0:
-        raise _Invalid("a positive integer")
+    if not 0 < number <= _MAX_INT:
+        raise _Invalid(f"a positive integer up to {_MAX_INT}")
     return number
 
 
@@ -249,7 +252,8 @@ def _dsn(value: str) -> str:
         raise _Invalid("a Sentry DSN like https://<key>@<host>/<project-id>")
     try:
         _ = parts.port
-    except ValueError:
+        Dsn(value)
+    except (ValueError, BadDsn):
         raise _Invalid("a Sentry DSN like https://<key>@<host>/<project-id>") from None
     return value
 
@@ -271,22 +275,23 @@ def _headers(value: str) -> tuple[tuple[str, str], ...]:
         if not item.strip():
             continue
         key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            raise _Invalid("comma-separated key=value pairs")
-        pairs.append((unquote(key.strip()).lower(), unquote(val.strip())))
+        name, text = unquote(key.strip()).lower(), unquote(val.strip())
+        if not sep or not name or name.strip(_HEADER_NAME_CHARS) or not (text.isascii() and text.isprintable()):
+            raise _Invalid("comma-separated key=value pairs; names of a-z 0-9 - _ . and printable ASCII values")
+        pairs.append((name, text))
     return tuple(pairs)
 
 
 def _paths(value: str) -> tuple[str, ...]:
     paths = tuple(p.strip() for p in value.split(",") if p.strip())
-    if any(not p.startswith("/") or "*" in p[:-1] for p in paths):
+    if not paths or any(not p.startswith("/") or "*" in p[:-1] for p in paths):
         raise _Invalid("comma-separated paths starting with '/', optionally ending in '*'")
     return paths
 
 
 def _names(value: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in value.split(",") if n.strip())
-    if any(not all(part.isidentifier() for part in n.split(".")) for n in names):
+    if not names or any(not all(part.isidentifier() for part in n.split(".")) for n in names):
         raise _Invalid("comma-separated exception names such as ConnectionError,asyncio.CancelledError")
     return names
 
@@ -299,8 +304,8 @@ def _status_codes(value: str) -> frozenset[int]:
     codes: set[int] = set()
     try:
         for item in value.split(","):
-            low, _, high = item.strip().partition("-")
-            start, end = int(low), int(high or low)
+            low, dash, high = item.strip().partition("-")
+            start, end = int(low), int(high if dash else low)
             if not 100 <= start <= end <= 599:
                 raise ValueError
             codes.update(range(start, end + 1))
@@ -312,6 +317,8 @@ def _status_codes(value: str) -> frozenset[int]:
 def _sink(value: str) -> str:
     if value in ("stdout", "stderr", "off"):
         return value
+    if not value.strip() or value != value.strip() or "\x00" in value:
+        raise _Invalid("stdout, stderr, off, or a file path in an existing directory")
     directory = os.path.dirname(os.path.abspath(value))
     if os.path.isdir(value) or not os.path.isdir(directory):
         raise _Invalid("stdout, stderr, off, or a file path in an existing directory")
@@ -348,6 +355,12 @@ KNOWN_PREFIXED = frozenset(
 )
 
 
+_ALLOWED: dict[Callable[[str], object], str] = {
+    _dsn: "a Sentry DSN like https://<key>@<host>/<project-id>",
+    _url: "a URL like http://host:4317",
+}
+
+
 class _EnvReader:
     """Reads variables one by one, collecting every problem before raising."""
 
@@ -361,7 +374,12 @@ class _EnvReader:
         if raw == "":
             return default
         try:
-            return parse(raw)
+            try:
+                return parse(raw)
+            except _Invalid:
+                raise
+            except (ValueError, OverflowError) as exc:  # e.g. urlsplit on "http://[::1"
+                raise _Invalid(_ALLOWED.get(parse, "a valid value")) from exc
         except _Invalid as exc:
             shown = "***" if name in ("SENTRY_DSN", "OTEL_EXPORTER_OTLP_HEADERS") else raw
             self.problems.append((name, shown, str(exc)))
@@ -371,14 +389,21 @@ class _EnvReader:
         get = self.get
         sentry_defaults, tracing_defaults = SentryConfig(), TracingConfig()
         metrics_defaults, latency_defaults = MetricsConfig(), LatencyConfig()
-        endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _url, None) or get(
-            "OTEL_EXPORTER_OTLP_ENDPOINT", _url, None
-        )
+        traces_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _url, None)
+        generic_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT", _url, None)
+        endpoint = traces_endpoint or generic_endpoint
         # Validated here so a typo fails at start-up; the SDK reads them itself.
         get("OTEL_TRACES_SAMPLER", _sampler, "")
         get("OTEL_TRACES_SAMPLER_ARG", _float(0.0, 1.0), 0.0)
-        for bsp in ("SCHEDULE_DELAY", "EXPORT_TIMEOUT", "MAX_QUEUE_SIZE", "MAX_EXPORT_BATCH_SIZE"):
+        for bsp in ("SCHEDULE_DELAY", "EXPORT_TIMEOUT"):
             get(f"OTEL_BSP_{bsp}", _positive_int, 0)
+        queue = get("OTEL_BSP_MAX_QUEUE_SIZE", _positive_int, 0)
+        batch = get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _positive_int, 0)
+        if (queue or batch) and (batch or 512) > (queue or 2048):
+            name = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" if batch else "OTEL_BSP_MAX_QUEUE_SIZE"
+            self.problems.append(
+                (name, self.environ[name], f"batch size ({batch or 512}) at most the queue size ({queue or 2048})")
+            )
 
         config = ObservabilityConfig(
             environment=get("APP_ENV", _label, "development"),

@@ -53,6 +53,32 @@ _WANTED_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage", b"user-a
 _REQUEST_ID_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:"
 
 
+def _request_attributes(scope: Scope, method: str, route: str | None, headers: dict[str, str]) -> dict[str, Any]:
+    """HTTP semantic-convention attributes of a server span."""
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": scope["path"],
+        "url.scheme": scope["scheme"],
+        "network.protocol.version": scope["http_version"],
+    }
+    if route is not None:
+        attributes["http.route"] = route
+    server = scope.get("server")
+    if server:
+        attributes["server.address"] = server[0]
+        if server[1] is not None:
+            attributes["server.port"] = server[1]
+    client = scope.get("client")
+    if client:
+        attributes["client.address"] = client[0]
+    if "user-agent" in headers:
+        attributes["user_agent.original"] = headers["user-agent"]
+    caller_id = headers.get("x-request-id")
+    if caller_id and len(caller_id) <= 128 and not caller_id.encode().translate(None, _REQUEST_ID_CHARS):
+        attributes["http.request.header.x-request-id"] = (caller_id,)
+    return attributes
+
+
 class _HeaderGetter(Getter[dict[str, str]]):
     def get(self, carrier: dict[str, str], key: str) -> list[str] | None:
         value = carrier.get(key)
@@ -187,34 +213,12 @@ class RequestObserver:
             if name in _WANTED_HEADERS:
                 headers[name.decode("latin-1")] = value.decode("latin-1")
         method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
-        attributes: dict[str, Any] = {
-            "http.request.method": method,
-            "url.path": scope["path"],
-            "url.scheme": scope["scheme"],
-            "network.protocol.version": scope["http_version"],
-        }
-        if route is not None:
-            attributes["http.route"] = route
-        server = scope.get("server")
-        if server:
-            attributes["server.address"] = server[0]
-            if server[1] is not None:
-                attributes["server.port"] = server[1]
-        client = scope.get("client")
-        if client:
-            attributes["client.address"] = client[0]
-        if "user-agent" in headers:
-            attributes["user_agent.original"] = headers["user-agent"]
-        caller_id = headers.get("x-request-id")
-        if caller_id and len(caller_id) <= 128 and not caller_id.encode().translate(None, _REQUEST_ID_CHARS):
-            attributes["http.request.header.x-request-id"] = (caller_id,)
         parent = extract(headers, getter=_GETTER) if "traceparent" in headers else None
         span = telemetry.tracer.start_span(
-            f"{method} {route}" if route is not None else method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
+            f"{method} {route}" if route is not None else method, context=parent, kind=SpanKind.SERVER
         )
+        if span.is_recording():  # attributes only for spans that will be exported
+            span.set_attributes(_request_attributes(scope, method, route, headers))
         return _Exchange(perf_counter(), span)
 
     def _close(self, state: dict[str, Any], exchange: _Exchange) -> None:
@@ -231,12 +235,9 @@ class RequestObserver:
                     ApiLatencyMetric(route=route, method=method, status=status, duration=round(duration * 1000.0, 3)),
                     None if span is None else span.get_span_context(),
                 )
-            telemetry = self._telemetry
-            if telemetry is not None and telemetry.records_metrics:
-                telemetry.request_duration.record(
-                    duration,
-                    {"http.request.method": method, "http.route": route, "http.response.status_code": status},
-                )
+            durations = None if self._telemetry is None else self._telemetry.request_duration
+            if durations is not None:
+                durations.record(duration, method, route, status)
             if span is not None:
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:

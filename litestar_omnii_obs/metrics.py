@@ -243,6 +243,11 @@ def flush_metrics(timeout: float = 5.0) -> None:
     _writer.close(timeout)
 
 
+def queued_lines() -> int:
+    """How many metric lines wait for the background writer."""
+    return len(_writer._queue)  # pyright: ignore[reportPrivateUsage]
+
+
 def set_tracer(tracer: trace.Tracer | None) -> None:
     """Let ``timed_operation`` start child spans with ``tracer`` (``None`` stops it)."""
     _tracing["tracer"] = tracer

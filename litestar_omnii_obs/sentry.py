@@ -21,16 +21,18 @@ import importlib
 import logging
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import sentry_sdk
 import urllib3
-from sentry_sdk._types import AnnotatedValue
+from sentry_sdk._types import SENSITIVE_DATA_SUBSTITUTE, AnnotatedValue
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.scrubber import EventScrubber
 from sentry_sdk.transport import HttpTransport
+from sentry_sdk.utils import iter_event_frames
 
 from litestar_omnii_obs import metrics
 from litestar_omnii_obs.config import ObservabilityConfig, redact_url
@@ -63,9 +65,11 @@ DEFAULT_SCRUB_KEYS = (
     "dsn",
 )
 
-REDACTED = AnnotatedValue.substituted_because_contains_sensitive_data().value
+REDACTED: str = SENSITIVE_DATA_SUBSTITUTE
 
 _state: dict[str, Any] = {"enabled": False, "config": None}
+#: Secret values of the request being reported, blanked anywhere in its event (set during capture).
+_request_secrets: ContextVar[frozenset[str]] = ContextVar("omnii_obs_request_secrets", default=frozenset())
 
 
 class SecretScrubber(EventScrubber):
@@ -112,6 +116,42 @@ class SecretScrubber(EventScrubber):
     def scrub_query(self, query: str) -> str:
         pairs = parse_qsl(query, keep_blank_values=True)
         return urlencode([(k, REDACTED if self.is_secret(k) else v) for k, v in pairs])
+
+    def scrub_frames(self, event: Event) -> None:
+        """Library frames lose their locals: Litestar's hold whole requests (headers, body) as reprs."""
+        for frame in iter_event_frames(event):
+            if frame.get("in_app") is False:
+                frame.pop("vars", None)
+            elif "vars" in frame:
+                self.scrub_dict(frame["vars"])
+
+    def secret_values(self, headers: Mapping[str, str], query: str) -> frozenset[str]:
+        """Values of secret headers, cookies and query parameters, to blank wherever they appear."""
+        values: set[str] = set()
+        for name, value in headers.items():
+            if name.lower() == "cookie":
+                for part in value.split(";"):
+                    values.add(part.partition("=")[2].strip())
+            if self.is_secret(name):
+                values.add(value)
+                values.update(value.split())  # "Bearer <token>"
+        values.update(v for k, v in parse_qsl(query, keep_blank_values=True) if self.is_secret(k))
+        return frozenset(v for v in values if len(v) >= 6)
+
+    def redact_values(self, value: object, secrets: frozenset[str]) -> object:
+        """Replace every occurrence of ``secrets`` inside the strings of ``value`` (serialised data)."""
+        if isinstance(value, str):
+            for secret in secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            for key, item in value.items():
+                value[key] = self.redact_values(item, secrets)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                value[index] = self.redact_values(item, secrets)
+        return value
 
     def scrub_event(self, event: Event) -> None:
         super().scrub_event(event)
@@ -210,6 +250,9 @@ def _before_send(event: Event, hint: Hint) -> Event | None:
     if isinstance(scrubber, SecretScrubber):
         for section in ("extra", "contexts", "tags", "user"):
             scrubber.redact_plain(event.get(section))
+        secrets = _request_secrets.get()
+        if secrets:
+            scrubber.redact_values(event, secrets)
     return event
 
 
@@ -329,7 +372,13 @@ def capture_request_error(
             return event
 
         scope.add_event_processor(add_request)
-        return sentry_sdk.capture_exception(exc)
+        scrubber = _state.get("scrubber")
+        secrets = scrubber.secret_values(headers, query_string) if isinstance(scrubber, SecretScrubber) else None
+        token = _request_secrets.set(secrets or frozenset())
+        try:
+            return sentry_sdk.capture_exception(exc)
+        finally:
+            _request_secrets.reset(token)
 
 
 def flush_sentry(timeout: float) -> None:

@@ -16,20 +16,33 @@ dropped spans are counted and reported once, and shutdown gives up after
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.metrics import Histogram, Meter, NoOpMeterProvider
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
+from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.metrics.export import Histogram as SdkHistogram
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -39,11 +52,9 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from litestar_omnii_obs.config import ObservabilityConfig, redact_url
-
-if TYPE_CHECKING:
-    from opentelemetry.sdk.metrics.export import MetricsData
 
 __all__ = ["Telemetry", "current_trace_ids", "install_log_correlation", "setup_telemetry"]
 
@@ -58,6 +69,84 @@ _NOISY_LOGGERS = (
     "opentelemetry.sdk._shared_internal",
     "opentelemetry.sdk.trace.export",
 )
+
+
+class RequestDurations:
+    """``http.server.request.duration``, aggregated in-process and exported with the SDK's batch.
+
+    The SDK's ``Histogram.record`` costs 12-22 µs a call on the request path (attribute
+    hashing, view matching, exemplar reservoirs); this keeps the same cumulative
+    explicit-bucket histogram per (method, route, status) for about 1 µs and hands the
+    points to the OTLP metric exporter when the periodic reader exports.
+    """
+
+    def __init__(self, bounds: Sequence[float] = HTTP_DURATION_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.start = time.time_ns()
+        self._lock = threading.Lock()
+        self._points: dict[tuple[str, str, int], list[Any]] = {}
+
+    def record(self, seconds: float, method: str, route: str, status: int) -> None:
+        index = bisect.bisect_left(self.bounds, seconds)
+        key = (method, route, status)
+        with self._lock:
+            point = self._points.get(key)
+            if point is None:
+                point = self._points[key] = [0, 0.0, seconds, seconds, [0] * (len(self.bounds) + 1)]
+            point[0] += 1
+            point[1] += seconds
+            point[2] = min(point[2], seconds)
+            point[3] = max(point[3], seconds)
+            point[4][index] += 1
+
+    def metric(self) -> Metric | None:
+        """A snapshot as an SDK ``Metric`` (cumulative), or ``None`` before the first request."""
+        now = time.time_ns()
+        with self._lock:
+            snapshot = [(key, list(point[:4]), list(point[4])) for key, point in self._points.items()]
+        if not snapshot:
+            return None
+        points = [
+            HistogramDataPoint(
+                attributes={"http.request.method": method, "http.route": route, "http.response.status_code": status},
+                start_time_unix_nano=self.start,
+                time_unix_nano=now,
+                count=count,
+                sum=total,
+                bucket_counts=buckets,
+                explicit_bounds=self.bounds,
+                min=low,
+                max=high,
+            )
+            for (method, route, status), (count, total, low, high), buckets in snapshot
+        ]
+        return Metric(
+            name="http.server.request.duration",
+            description="Duration of HTTP server requests.",
+            unit="s",
+            data=SdkHistogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE),
+        )
+
+
+def _with_extra(data: MetricsData, extra: Metric) -> MetricsData:
+    """``data`` plus ``extra`` in this package's scope (the OTLP encoder keys scopes by name)."""
+    if not data.resource_metrics:
+        return data
+    first, *rest = data.resource_metrics
+    scopes = list(first.scope_metrics)
+    for index, scope in enumerate(scopes):
+        if scope.scope.name == _SCOPE.name:
+            scopes[index] = ScopeMetrics(
+                scope=scope.scope, metrics=[*scope.metrics, extra], schema_url=scope.schema_url
+            )
+            break
+    else:
+        scopes.append(ScopeMetrics(scope=_SCOPE, metrics=[extra], schema_url=""))
+    merged = ResourceMetrics(resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url)
+    return MetricsData(resource_metrics=[merged, *rest])
+
+
+_SCOPE = InstrumentationScope("litestar_omnii_obs")
 
 
 class _OutageReporter(logging.Filter):
@@ -121,15 +210,19 @@ class _GuardedSpanExporter(SpanExporter):
 
 
 class _GuardedMetricExporter(MetricExporter):
-    def __init__(self, inner: MetricExporter, target: str) -> None:
+    def __init__(self, inner: MetricExporter, target: str, durations: RequestDurations) -> None:
         super().__init__(
             preferred_temporality=inner._preferred_temporality,  # pyright: ignore[reportPrivateUsage]
             preferred_aggregation=inner._preferred_aggregation,  # pyright: ignore[reportPrivateUsage]
         )
         self.inner = inner
+        self.durations = durations
         self.report = _ReportingExporter("metric", target)
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        extra = self.durations.metric()
+        if extra is not None:
+            metrics_data = _with_extra(metrics_data, extra)
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception:
@@ -154,6 +247,7 @@ class Telemetry:
         meter_provider: MeterProvider | None,
         owned: bool,
         reporter: _OutageReporter,
+        durations: RequestDurations | None = None,
     ) -> None:
         self.config = config
         self.tracer_provider = tracer_provider
@@ -163,11 +257,11 @@ class Telemetry:
         provider: trace.TracerProvider = tracer_provider or trace.get_tracer_provider()
         self.tracer = provider.get_tracer("litestar_omnii_obs")
         meter: Meter = (meter_provider or NoOpMeterProvider()).get_meter("litestar_omnii_obs")
-        self.request_duration: Histogram = meter.create_histogram(
-            "http.server.request.duration",
-            unit="s",
-            description="Duration of HTTP server requests.",
-            explicit_bucket_boundaries_advisory=HTTP_DURATION_BUCKETS,
+        self.request_duration = durations
+        meter.create_observable_gauge(
+            "omnii.metrics.queue_size",
+            callbacks=[_queue_size],
+            description="Metric lines waiting for the background writer.",
         )
         self.operation_duration = meter.create_histogram(
             "omnii.operation.duration", unit="ms", description="Duration of timed_operation work."
@@ -178,7 +272,7 @@ class Telemetry:
         self.sync_duration = meter.create_histogram(
             "omnii.sync.duration", unit="ms", description="Duration of sync jobs."
         )
-        self.records_metrics = meter_provider is not None
+        self.records_metrics = meter_provider is not None and durations is not None
 
     def record_operation(self, name: str, duration: float, exc: BaseException | None) -> None:
         """``timed_operation`` observer: one histogram point per operation."""
@@ -225,6 +319,12 @@ class Telemetry:
             _logger.warning("%d span(s) were dropped because the export queue was full", self._reporter.dropped)
         for name in _NOISY_LOGGERS:
             logging.getLogger(name).removeFilter(self._reporter)
+
+
+def _queue_size(options: CallbackOptions) -> Iterable[Observation]:
+    from litestar_omnii_obs.metrics import queued_lines
+
+    return [Observation(queued_lines())]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -275,15 +375,20 @@ def setup_telemetry(config: ObservabilityConfig, extra_processors: Sequence[Span
         resource=resource, shutdown_on_exit=False, sampler=None if consumers else ALWAYS_OFF
     )
     meter_provider: MeterProvider | None = None
+    durations: RequestDurations | None = None
     if endpoint:
         target = redact_url(endpoint) or endpoint
         exporter = _GuardedSpanExporter(OTLPSpanExporter(**_exporter_args(config, endpoint)), target)
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-        metric_exporter = _GuardedMetricExporter(OTLPMetricExporter(**_exporter_args(config, endpoint)), target)
+        durations = RequestDurations()
+        metric_exporter = _GuardedMetricExporter(
+            OTLPMetricExporter(**_exporter_args(config, endpoint)), target, durations
+        )
         meter_provider = MeterProvider(
             resource=resource,
             metric_readers=[PeriodicExportingMetricReader(metric_exporter)],
             shutdown_on_exit=False,
+            exemplar_filter=AlwaysOffExemplarFilter(),
         )
     elif config.tracing.console:
         tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
@@ -293,7 +398,7 @@ def setup_telemetry(config: ObservabilityConfig, extra_processors: Sequence[Span
         tracer_provider.add_span_processor(processor)
     if config.tracing.set_global_provider:
         _set_global(tracer_provider)
-    return Telemetry(config, tracer_provider, meter_provider, owned=True, reporter=reporter)
+    return Telemetry(config, tracer_provider, meter_provider, owned=True, reporter=reporter, durations=durations)
 
 
 def _set_global(provider: TracerProvider) -> None:

@@ -105,14 +105,30 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "obs-prod",
         "obs",
-        "plugin, production default: APP_ENV=production, latency, traces 10% to a live collector, "
-        "Sentry errors (+ its default 0.1 traces rate)",
+        "plugin, production default as issue 5 defines it: APP_ENV=production, latency records, traces 10% "
+        "to a live collector, Sentry errors to a live ingest (SENTRY_TRACES_SAMPLE_RATE=0)",
         _obs(
             APP_ENV="production",
             OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp,
             OTEL_TRACES_SAMPLER=_RATIO,
             OTEL_TRACES_SAMPLER_ARG="0.1",
             SENTRY_DSN=_live_dsn,
+            SENTRY_TRACES_SAMPLE_RATE="0",
+        ),
+        uses_otlp=True,
+        uses_sentry=True,
+    ),
+    Variant(
+        "obs-prod-sentry-perf",
+        "obs",
+        "obs-prod plus Sentry performance data at the seed's production rate (SENTRY_TRACES_SAMPLE_RATE=0.1)",
+        _obs(
+            APP_ENV="production",
+            OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp,
+            OTEL_TRACES_SAMPLER=_RATIO,
+            OTEL_TRACES_SAMPLER_ARG="0.1",
+            SENTRY_DSN=_live_dsn,
+            SENTRY_TRACES_SAMPLE_RATE="0.1",
         ),
         uses_otlp=True,
         uses_sentry=True,
@@ -120,7 +136,33 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "obs-all100",
         "obs",
-        "plugin: everything at 100% (latency, traces, Sentry traces) to live peers",
+        "plugin: latency records, traces 100% to a live collector, Sentry errors to a live ingest",
+        _obs(
+            OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp,
+            OTEL_TRACES_SAMPLER=_RATIO,
+            OTEL_TRACES_SAMPLER_ARG="1.0",
+            SENTRY_DSN=_live_dsn,
+            SENTRY_TRACES_SAMPLE_RATE="0",
+        ),
+        uses_otlp=True,
+        uses_sentry=True,
+    ),
+    Variant(
+        "obs-all100-dead",
+        "obs",
+        "obs-all100 with the collector and Sentry dead (nothing listens)",
+        _obs(
+            OTEL_EXPORTER_OTLP_ENDPOINT=_dead_otlp,
+            OTEL_TRACES_SAMPLER=_RATIO,
+            OTEL_TRACES_SAMPLER_ARG="1.0",
+            SENTRY_DSN=_dead_dsn,
+            SENTRY_TRACES_SAMPLE_RATE="0",
+        ),
+    ),
+    Variant(
+        "obs-all100-sentry-perf",
+        "obs",
+        "obs-all100 plus Sentry performance data for every request (SENTRY_TRACES_SAMPLE_RATE=1.0)",
         _obs(
             OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp,
             OTEL_TRACES_SAMPLER=_RATIO,
@@ -130,18 +172,6 @@ VARIANTS: tuple[Variant, ...] = (
         ),
         uses_otlp=True,
         uses_sentry=True,
-    ),
-    Variant(
-        "obs-all100-dead",
-        "obs",
-        "plugin: everything at 100%, collector and Sentry dead (nothing listens)",
-        _obs(
-            OTEL_EXPORTER_OTLP_ENDPOINT=_dead_otlp,
-            OTEL_TRACES_SAMPLER=_RATIO,
-            OTEL_TRACES_SAMPLER_ARG="1.0",
-            SENTRY_DSN=_dead_dsn,
-            SENTRY_TRACES_SAMPLE_RATE="1.0",
-        ),
     ),
     Variant(
         "litestar-otel",

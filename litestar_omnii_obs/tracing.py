@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -54,6 +53,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from litestar_omnii_obs._otlp import FastOTLPSpanExporter
 from litestar_omnii_obs.config import ObservabilityConfig, redact_url
 
 __all__ = ["Telemetry", "current_trace_ids", "install_log_correlation", "setup_telemetry"]
@@ -378,7 +378,7 @@ def setup_telemetry(config: ObservabilityConfig, extra_processors: Sequence[Span
     durations: RequestDurations | None = None
     if endpoint:
         target = redact_url(endpoint) or endpoint
-        exporter = _GuardedSpanExporter(OTLPSpanExporter(**_exporter_args(config, endpoint)), target)
+        exporter = _GuardedSpanExporter(FastOTLPSpanExporter(**_exporter_args(config, endpoint)), target)
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         durations = RequestDurations()
         metric_exporter = _GuardedMetricExporter(

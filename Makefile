@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench lock clean
+.PHONY: run test lint typecheck pytest bench reliability lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	bash bench/run.sh
+
+# The reliability suite alone, then the figures it measured (README "Reliability").
+reliability: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider tests/reliability
+	$(BIN)/python -m tests.reliability.report
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -32,7 +32,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
 
 from litestar_omnii_obs import sentry
 from litestar_omnii_obs.metrics import ApiLatencyMetric, submit_metric
@@ -233,7 +233,7 @@ class RequestObserver:
             if self._record_latency:
                 submit_metric(
                     ApiLatencyMetric(route=route, method=method, status=status, duration=round(duration * 1000.0, 3)),
-                    None if span is None else span.get_span_context(),
+                    INVALID_SPAN_CONTEXT if span is None else span.get_span_context(),
                 )
             durations = None if self._telemetry is None else self._telemetry.request_duration
             if durations is not None:

@@ -106,6 +106,8 @@ class _Writer:
         self._file: IO[bytes] | None = None
         self._failed = False
         self._dropped = 0
+        self._stamp_second = -1
+        self._stamp_prefix = b""
         self.configure(ObservabilityConfig())
 
     def configure(self, config: ObservabilityConfig) -> None:
@@ -156,8 +158,13 @@ class _Writer:
 
     def _encode(self, item: tuple[float, Metric, int, int]) -> bytes:
         wall, metric, trace_id, span_id = item
-        stamp = datetime.fromtimestamp(wall, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
-        tail = b',"timestamp":"' + stamp.encode() + b'"' + self._labels
+        second = int(wall)
+        if second != self._stamp_second:  # format the date once a second, not once a line
+            self._stamp_second = second
+            self._stamp_prefix = (
+                b',"timestamp":"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode()
+            )
+        tail = self._stamp_prefix + b'.%06dZ"' % int((wall - second) * 1_000_000) + self._labels
         if span_id != _INVALID_SPAN_ID:
             tail += b',"trace_id":"%032x","span_id":"%016x"' % (trace_id, span_id)
         return self._encoder.encode(metric)[:-1] + tail + b"}\n"

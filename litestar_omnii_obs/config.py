@@ -119,6 +119,8 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """OTLP/gRPC endpoint; unset means no export.
 
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
+    otlp_metrics_endpoint: str | None = None
+    """OTLP/gRPC endpoint for metrics (``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``); ``None``: ``otlp_endpoint``."""
     otlp_headers: tuple[tuple[str, str], ...] = ()
     """Headers sent to the collector (``OTEL_EXPORTER_OTLP_HEADERS``); values are never printed."""
     console: bool = False
@@ -391,6 +393,7 @@ class _EnvReader:
         metrics_defaults, latency_defaults = MetricsConfig(), LatencyConfig()
         traces_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _url, None)
         generic_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT", _url, None)
+        metrics_endpoint = get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", _url, None)
         endpoint = traces_endpoint or generic_endpoint
         # Validated here so a typo fails at start-up; the SDK reads them itself.
         get("OTEL_TRACES_SAMPLER", _sampler, "")
@@ -438,6 +441,7 @@ class _EnvReader:
             tracing=TracingConfig(
                 enabled=get("OMNII_OBS_TRACING", _bool, tracing_defaults.enabled),
                 otlp_endpoint=endpoint,
+                otlp_metrics_endpoint=metrics_endpoint if metrics_endpoint != endpoint else None,
                 otlp_headers=get("OTEL_EXPORTER_OTLP_HEADERS", _headers, ()),
                 console=get("OMNII_OBS_TRACES_CONSOLE", _bool, tracing_defaults.console),
                 shutdown_timeout=get(

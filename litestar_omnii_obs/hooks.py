@@ -156,7 +156,12 @@ class RequestObserver:
                 await app(scope, receive, send)
                 return
             state = cast("dict[str, Any]", scope)
-            exchange = self._open(scope, scope["path_template"] or self._mount_label(state))
+            try:
+                exchange = self._open(scope, scope["path_template"] or self._mount_label(state))
+            except Exception:  # our failure must not become the request's
+                self._log_failure()
+                await app(scope, receive, send)
+                return
             state[_KEY] = exchange
             token = None if exchange.span is None else otel_context.attach(trace.set_span_in_context(exchange.span))
             try:
@@ -178,8 +183,11 @@ class RequestObserver:
             return
         state = cast("dict[str, Any]", scope)
         exchange: _Exchange | None = state.get(_KEY)
-        if exchange is None and "path_template" not in state and not self.is_excluded(scope["path"]):
-            exchange = state[_KEY] = self._open(scope, None)
+        try:
+            if exchange is None and "path_template" not in state and not self.is_excluded(scope["path"]):
+                exchange = state[_KEY] = self._open(scope, None)
+        except Exception:
+            self._log_failure()
         if exchange is not None:
             exchange.exc = exc
 

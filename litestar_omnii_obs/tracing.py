@@ -381,8 +381,11 @@ def setup_telemetry(config: ObservabilityConfig, extra_processors: Sequence[Span
         exporter = _GuardedSpanExporter(FastOTLPSpanExporter(**_exporter_args(config, endpoint)), target)
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         durations = RequestDurations()
+        metrics_endpoint = config.tracing.otlp_metrics_endpoint or endpoint
         metric_exporter = _GuardedMetricExporter(
-            OTLPMetricExporter(**_exporter_args(config, endpoint)), target, durations
+            OTLPMetricExporter(**_exporter_args(config, metrics_endpoint)),
+            redact_url(metrics_endpoint) or metrics_endpoint,
+            durations,
         )
         meter_provider = MeterProvider(
             resource=resource,

@@ -32,6 +32,7 @@ def test_every_variable_is_read() -> None:
             "SENTRY_RELEASE": "api@2.3.4",
             "OTEL_SERVICE_NAME": "billing",
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://metrics:4317",
             "OTEL_EXPORTER_OTLP_HEADERS": "api-key=s3cr3t,x-tenant=acme",
             "OMNII_OBS_EXCLUDE_PATHS": "/health, /internal/*",
             "OMNII_OBS_METRICS_SINK": "stderr",
@@ -59,6 +60,7 @@ def test_every_variable_is_read() -> None:
     assert config.sentry.scrub_keys == ("x-internal", "ssn")
     assert (config.sentry.send_default_pii, config.sentry.flush_timeout) == (True, 1.5)
     assert config.tracing.otlp_endpoint == "http://collector:4317"
+    assert config.tracing.otlp_metrics_endpoint == "http://metrics:4317"
     assert config.tracing.otlp_headers == (("api-key", "s3cr3t"), ("x-tenant", "acme"))
     assert (config.tracing.enabled, config.tracing.console, config.tracing.shutdown_timeout) == (False, True, 3.0)
     assert config.latency.exclude_paths == ("/health", "/internal/*")

@@ -37,14 +37,19 @@ def main() -> None:
                 f"and (5xx) event |"
             )
     print()
-    print("| fault | requests | answered normally | p99 ms | p99 / no fault | server log lines |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| fault | requests | answered normally | server p99 ms | server p99 / no fault "
+        "| client p99 ms | client p99 / no fault | server log lines |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for path in sorted(RESULTS.glob("fault-*.json")):
         fault = json.loads(path.read_text())
         name = path.stem.removeprefix("fault-")
+        baseline = name == "none"
         print(
-            f"| {name} | {fault['requests']} | {fault['answered_normally']} | {fault['p99_ms']} | "
-            f"{fault.get('p99_ratio', '1.0 (baseline)')} | {fault['log_lines']} |"
+            f"| {name} | {fault['requests']} | {fault['answered_normally']} | {fault.get('server_p99_ms', 'n/a')} | "
+            f"{'1.0' if baseline else fault.get('server_p99_ratio', 'n/a')} | {fault['client_p99_ms']} | "
+            f"{'1.0' if baseline else fault.get('client_p99_ratio', 'n/a')} | {fault['log_lines']} |"
         )
     memory = load("memory-dead-collector")
     if memory:
@@ -57,7 +62,10 @@ def main() -> None:
     hostile = load("hostile")
     if hostile:
         print()
-        print("Hostile input: " + ", ".join(f"{k} {v}" for k, v in sorted(hostile.items()) if not isinstance(v, dict | list)))
+        print(
+            "Hostile input: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(hostile.items()) if not isinstance(v, dict | list))
+        )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def start_server(
     port = free_port()
     if server == "uvicorn":
         command = [sys.executable, "-m", "uvicorn", "example_app.app:app", "--host", "127.0.0.1", "--port", str(port)]
-        command += ["--no-access-log"]
+        command += ["--no-access-log", "--timeout-keep-alive", "30"]
     else:
         command = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1"]
         command += ["--port", str(port), "--workers", str(workers), "--no-ws", "example_app.app:app"]

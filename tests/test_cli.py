@@ -197,7 +197,8 @@ def test_check_fails_with_exit_1_against_dead_ports() -> None:
     assert data["ok"] is False
     pipes = by_pipe(data)
     assert [p["result"] for p in pipes.values()] == ["failed", "failed", "failed"]
-    assert "UNAVAILABLE" in pipes["otlp-traces"]["detail"]
+    # Refused connections, retried by gRPC until the check's deadline: either code is the truth.
+    assert pipes["otlp-traces"]["detail"].split()[0] in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
     assert "refused" in pipes["sentry"]["detail"].lower()
 
 

@@ -201,6 +201,9 @@ def _otlp_target(config: ObservabilityConfig) -> str:
     return target
 
 
+_NO_ANSWER = "export failed (no answer in time)"
+
+
 class _ExporterErrors(logging.Handler):
     """Keeps the OTLP exporter's last error per thread (the reason an export failed); prints nothing."""
 
@@ -271,7 +274,9 @@ def _check_traces(config: ObservabilityConfig, timeout: float, errors: _Exporter
         ok = exporter.export([span]) is SpanExportResult.SUCCESS
     finally:
         exporter.shutdown()
-    return ok, f"span {span.get_span_context().trace_id:032x}" if ok else errors.last.get(threading.get_ident(), "")
+    if ok:
+        return True, f"span {span.get_span_context().trace_id:032x}"
+    return False, errors.last.get(threading.get_ident()) or _NO_ANSWER
 
 
 def _check_metrics(config: ObservabilityConfig, timeout: float, errors: _ExporterErrors) -> tuple[bool, str]:
@@ -295,7 +300,7 @@ def _check_metrics(config: ObservabilityConfig, timeout: float, errors: _Exporte
         ok = exporter.export(data, timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
     finally:
         exporter.shutdown()
-    return ok, "1 point (omnii.check)" if ok else errors.last.get(threading.get_ident(), "")
+    return (True, "1 point (omnii.check)") if ok else (False, errors.last.get(threading.get_ident()) or _NO_ANSWER)
 
 
 def _check_sentry(config: ObservabilityConfig, timeout: float) -> tuple[bool, str]:

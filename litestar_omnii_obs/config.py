@@ -57,8 +57,8 @@ class ConfigError(ValueError):
         super().__init__("invalid observability configuration:\n" + "\n".join(lines))
 
 
-def _redact_url(url: str | None) -> str | None:
-    """Hide the user-info part (a Sentry DSN's key) of a URL."""
+def redact_url(url: str | None) -> str | None:
+    """The URL with its user-info part (a Sentry DSN's key, a password) shown as ``***``."""
     if url is None:
         return None
     parts = urlsplit(url)
@@ -66,11 +66,6 @@ def _redact_url(url: str | None) -> str | None:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return parts._replace(netloc=f"***@{host}").geturl()
-
-
-def redact_url(url: str | None) -> str | None:
-    """Public alias used by the CLI and logs: the URL with its credentials masked."""
-    return _redact_url(url)
 
 
 class SentryConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,7 +96,7 @@ class SentryConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:
         return (
-            f"SentryConfig(dsn={_redact_url(self.dsn)!r}, environment={self.environment!r}, "
+            f"SentryConfig(dsn={redact_url(self.dsn)!r}, environment={self.environment!r}, "
             f"release={self.release!r}, traces_sample_rate={self.traces_sample_rate!r}, "
             f"ignore_errors={self.ignore_errors!r}, send_default_pii={self.send_default_pii!r}, "
             f"flush_timeout={self.flush_timeout!r})"
@@ -137,7 +132,7 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __repr__(self) -> str:
         headers = tuple((k, "***") for k, _ in self.otlp_headers)
         return (
-            f"TracingConfig(enabled={self.enabled!r}, otlp_endpoint={_redact_url(self.otlp_endpoint)!r}, "
+            f"TracingConfig(enabled={self.enabled!r}, otlp_endpoint={redact_url(self.otlp_endpoint)!r}, "
             f"otlp_headers={headers!r}, console={self.console!r}, shutdown_timeout={self.shutdown_timeout!r})"
         )
 

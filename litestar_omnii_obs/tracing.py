@@ -56,7 +56,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from litestar_omnii_obs._otlp import FastOTLPSpanExporter
 from litestar_omnii_obs.config import ObservabilityConfig, redact_url
 
-__all__ = ["Telemetry", "current_trace_ids", "install_log_correlation", "setup_telemetry"]
+__all__ = ["Telemetry", "install_log_correlation", "setup_telemetry"]
 
 _logger = logging.getLogger("litestar_omnii_obs")
 
@@ -435,11 +435,3 @@ def install_log_correlation() -> Callable[[], None]:
             logging.setLogRecordFactory(previous)
 
     return restore
-
-
-def current_trace_ids() -> tuple[str, str] | None:
-    """The current span's trace and span ids as hex, or ``None`` when no span is current."""
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return None
-    return f"{context.trace_id:032x}", f"{context.span_id:016x}"

@@ -94,11 +94,12 @@ _GETTER = _HeaderGetter()
 class _Exchange:
     """What one request needs between its first and last message."""
 
-    __slots__ = ("exc", "span", "start", "status")
+    __slots__ = ("exc", "route", "span", "start", "status")
 
-    def __init__(self, start: float, span: Span | None) -> None:
+    def __init__(self, start: float, span: Span | None, route: str) -> None:
         self.start = start
         self.span = span
+        self.route = route
         self.status = 500
         self.exc: BaseException | None = None
 
@@ -215,7 +216,7 @@ class RequestObserver:
     def _open(self, scope: Scope, route: str | None) -> _Exchange:
         telemetry = self._telemetry
         if telemetry is None:
-            return _Exchange(perf_counter(), None)
+            return _Exchange(perf_counter(), None, self._unmatched if route is None else route)
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:
             if name in _WANTED_HEADERS:
@@ -227,14 +228,14 @@ class RequestObserver:
         )
         if span.is_recording():  # attributes only for spans that will be exported
             span.set_attributes(_request_attributes(scope, method, route, headers))
-        return _Exchange(perf_counter(), span)
+        return _Exchange(perf_counter(), span, self._unmatched if route is None else route)
 
     def _close(self, state: dict[str, Any], exchange: _Exchange) -> None:
         """Write the latency record and end the span; exactly once per request."""
         try:
             del state[_KEY]
             duration = perf_counter() - exchange.start
-            route = state.get("path_template") or self._mount_label(state)
+            route = exchange.route
             method = state["method"]
             status = exchange.status
             span = exchange.span
@@ -264,14 +265,13 @@ class RequestObserver:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in state["headers"]}
         host = headers.get("host", "")
-        route = state.get("path_template") or self._mount_label(state)
         span = exchange.span
         user = state.get("user")
         user_id = getattr(user, "id", None) if not isinstance(user, dict) else user.get("id")
         sentry.capture_request_error(
             exchange.exc,
             method=state["method"],
-            route=route,
+            route=exchange.route,
             url=f"{state['scheme']}://{host}{state.get('root_path', '')}{state['path']}",
             query_string=state.get("query_string", b"").decode("latin-1"),
             status=exchange.status,
@@ -282,10 +282,7 @@ class RequestObserver:
 
     def _mount_label(self, state: dict[str, Any]) -> str:
         """Litestar leaves ``path_template`` empty for mounted apps: use the mount path."""
-        handler = state.get("route_handler")
-        if handler is None:
-            return self._unmatched
-        paths: list[str] = sorted(handler.paths, key=len, reverse=True)
+        paths: list[str] = sorted(state["route_handler"].paths, key=len, reverse=True)
         raw = state.get("raw_path", b"").decode("latin-1")
         return next((p for p in paths if raw.startswith(p)), paths[0])
 

@@ -261,15 +261,20 @@ def set_tracer(tracer: trace.Tracer | None) -> None:
 
 
 def add_observers(
-    on_operation: Callable[[str, float, BaseException | None], None], on_metric: Callable[[Metric], None]
+    on_operation: Callable[[str, float, BaseException | None], None] | None = None,
+    on_metric: Callable[[Metric], None] | None = None,
 ) -> Callable[[], None]:
-    """Register observers of timed operations and logged metrics; returns their remover."""
-    _operation_observers.append(on_operation)
-    _metric_observers.append(on_metric)
+    """Register observers of timed operations and/or logged metrics; returns their remover."""
+    if on_operation is not None:
+        _operation_observers.append(on_operation)
+    if on_metric is not None:
+        _metric_observers.append(on_metric)
 
     def remove() -> None:
-        _operation_observers.remove(on_operation)
-        _metric_observers.remove(on_metric)
+        if on_operation in _operation_observers:
+            _operation_observers.remove(on_operation)
+        if on_metric in _metric_observers:
+            _metric_observers.remove(on_metric)
 
     return remove
 

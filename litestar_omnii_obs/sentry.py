@@ -67,7 +67,7 @@ DEFAULT_SCRUB_KEYS = (
 
 REDACTED: str = SENSITIVE_DATA_SUBSTITUTE
 
-_state: dict[str, Any] = {"enabled": False, "config": None}
+_state: dict[str, Any] = {"enabled": False}
 #: Secret values of the request being reported, blanked anywhere in its event (set during capture).
 _request_secrets: ContextVar[frozenset[str]] = ContextVar("omnii_obs_request_secrets", default=frozenset())
 
@@ -274,7 +274,7 @@ def init_sentry(config: ObservabilityConfig, use_otel: bool = False) -> bool:
     options = config.sentry
     if not options.dsn:
         _logger.warning("SENTRY_DSN is not set: errors are not reported to Sentry")
-        _state.update(enabled=False, config=config)
+        _state["enabled"] = False
         return False
     scrubber = SecretScrubber(options.scrub_keys, options.send_default_pii)
     pii: dict[str, Any] = {"send_default_pii": True} if options.send_default_pii else {}
@@ -296,9 +296,9 @@ def init_sentry(config: ObservabilityConfig, use_otel: bool = False) -> bool:
     )
     # Litestar logs every unhandled exception; we report those ourselves, once.
     ignore_logger("litestar")
-    _state.update(enabled=True, config=config, scrubber=scrubber)
-    if _breadcrumb not in metrics._operation_observers:  # pyright: ignore[reportPrivateUsage]
-        metrics._operation_observers.append(_breadcrumb)  # pyright: ignore[reportPrivateUsage]
+    if _state["enabled"]:  # initialised again in this process: keep one breadcrumb writer
+        _state["remove_breadcrumbs"]()
+    _state.update(enabled=True, scrubber=scrubber, remove_breadcrumbs=metrics.add_observers(on_operation=_breadcrumb))
     _logger.info("Sentry initialised for environment %s (%s)", config.environment, redact_url(options.dsn))
     return True
 
@@ -389,5 +389,4 @@ def flush_sentry(timeout: float) -> None:
         if time.monotonic() - started >= timeout:
             _logger.warning("Sentry flush reached its %.1fs bound; events still queued were dropped", timeout)
         _state["enabled"] = False
-        if _breadcrumb in metrics._operation_observers:  # pyright: ignore[reportPrivateUsage]
-            metrics._operation_observers.remove(_breadcrumb)  # pyright: ignore[reportPrivateUsage]
+        _state["remove_breadcrumbs"]()

@@ -14,12 +14,13 @@ from time import perf_counter
 from typing import Any
 
 from litestar import Litestar, Request, get
+from litestar.params import FromPath
 
 from bench import variants
 
 
 @get("/users/{user_id:int}")
-async def get_user(user_id: int) -> dict[str, object]:
+async def get_user(user_id: FromPath[int]) -> dict[str, object]:
     return {"id": user_id, "name": f"user-{user_id}"}
 
 

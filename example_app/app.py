@@ -16,6 +16,7 @@ from typing import cast, get_args
 import msgspec
 from litestar import Litestar, get, post
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath, JSONBody
 
 from litestar_omnii_obs import (
     GraphQueryMetric,
@@ -45,12 +46,12 @@ async def health() -> dict[str, str]:
 
 
 @get("/users/{user_id:int}")
-async def get_user(user_id: int) -> dict[str, object]:
+async def get_user(user_id: FromPath[int]) -> dict[str, object]:
     return {"id": user_id, "name": f"user-{user_id}"}
 
 
 @post("/graph/query", status_code=200)
-async def graph_query(data: GraphQuery) -> dict[str, object]:
+async def graph_query(data: JSONBody[GraphQuery]) -> dict[str, object]:
     async def run_query() -> list[dict[str, int]]:
         await asyncio.sleep(0.002)  # stands in for the graph database round trip
         return [{"node": i} for i in range(3)]
@@ -61,7 +62,7 @@ async def graph_query(data: GraphQuery) -> dict[str, object]:
 
 
 @post("/sync/{source:str}", status_code=200)
-async def sync(source: str, data: SyncRequest) -> dict[str, object]:
+async def sync(source: FromPath[str], data: JSONBody[SyncRequest]) -> dict[str, object]:
     if source not in SOURCES:
         raise HTTPException(
             status_code=400, detail=f"unknown sync source {source!r}; expected one of {', '.join(SOURCES)}"

@@ -19,6 +19,7 @@ from litestar.background_tasks import BackgroundTask
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.types import Receive, Scope, Send
 
@@ -38,7 +39,7 @@ def latency_records(sink: Path) -> list[dict[str, Any]]:
 
 
 @get("/users/{user_id:int}")
-async def get_user(user_id: int) -> dict[str, int]:
+async def get_user(user_id: FromPath[int]) -> dict[str, int]:
     return {"id": user_id}
 
 
@@ -206,7 +207,7 @@ def test_record_is_written_before_background_tasks_finish(sink: Path) -> None:
 
 def test_excluded_paths_and_opted_out_handlers_get_no_record(sink: Path) -> None:
     @get("/internal/{name:str}")
-    async def internal(name: str) -> str:
+    async def internal(name: FromPath[str]) -> str:
         return name
 
     @get("/quiet", opt={"observability": False})
@@ -223,7 +224,7 @@ def test_excluded_paths_and_opted_out_handlers_get_no_record(sink: Path) -> None
 def test_mounted_asgi_app_is_labelled_by_its_mount_path(sink: Path) -> None:
     from litestar.handlers import asgi
 
-    @asgi("/mounted", is_mount=True)
+    @asgi("/mounted", is_mount=True, copy_scope=True)
     async def mounted(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 202, "headers": []})
         await send({"type": "http.response.body", "body": b"mounted"})

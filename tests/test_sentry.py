@@ -17,6 +17,7 @@ import pytest
 import sentry_sdk
 from litestar import Litestar, Request, get, post
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 
 from litestar_omnii_obs import (
     MetricsConfig,
@@ -63,7 +64,7 @@ def config_for(dsn: str | None, sink: Path, **sentry: Any) -> ObservabilityConfi
 
 
 @get("/users/{user_id:int}")
-async def get_user(user_id: int) -> dict[str, int]:
+async def get_user(user_id: FromPath[int]) -> dict[str, int]:
     return {"id": user_id}
 
 
@@ -102,7 +103,7 @@ async def leak(request: Request[Any, Any, Any]) -> None:
 
 
 @get("/manual/{n:int}")
-async def manual(n: int) -> dict[str, str | None]:
+async def manual(n: FromPath[int]) -> dict[str, str | None]:
     async with timed_operation(f"op-{n}"):
         await asyncio.sleep(0.001 * (n % 3))
     event_id = capture_error(

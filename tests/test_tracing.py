@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from litestar import Litestar, get, post
+from litestar.params import FromPath
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -49,7 +50,7 @@ def config_for(endpoint: str | None, sink: Path, **tracing: Any) -> Observabilit
 
 
 @get("/users/{user_id:int}")
-async def get_user(user_id: int) -> dict[str, int]:
+async def get_user(user_id: FromPath[int]) -> dict[str, int]:
     return {"id": user_id}
 
 

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar, get
+from litestar.params import FromPath
 
 from litestar_omnii_obs import ConfigError, ObservabilityConfig, ObservabilityPlugin, capture_error
 from litestar_omnii_obs.config import KNOWN_PREFIXED
@@ -314,7 +315,7 @@ def test_unknown_prefixed_names_are_warned_about_by_name(
 
 
 @get("/users/{user_id:int}")
-async def get_user(user_id: int) -> dict[str, int]:
+async def get_user(user_id: FromPath[int]) -> dict[str, int]:
     return {"id": user_id}
 
 

@@ -26,6 +26,7 @@ import httpx
 import pytest
 import sentry_sdk
 from litestar import Litestar, post
+from litestar.params import FromPath, JSONBody
 
 from example_app.app import boom, get_user, graph_query, health, sync
 from litestar_omnii_obs import (
@@ -377,7 +378,7 @@ def context(secret: bytes, blob: bytes) -> str:
 
 
 @post("/leak/{account:str}", status_code=200)
-async def leak(account: str, data: dict[str, Any]) -> None:
+async def leak(account: FromPath[str], data: JSONBody[dict[str, Any]]) -> None:
     password = SECRETS["local_password"]  # locals Sentry would ship with the stack frame
     api_token = SECRETS["local_token"]
     settings = {"db": {"private_key": SECRETS["local_nested"]}, "account": account}

@@ -1,6 +1,8 @@
-"""The fast OTLP span encoder produces exactly what the SDK's encoder produces."""
+"""The fast OTLP span encoder produces exactly what the SDK's encoder produces, for a batch and any subset."""
 
 from __future__ import annotations
+
+import itertools
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -20,7 +22,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.span import TraceState
 
-from litestar_omnii_obs._otlp import encode_spans
+from litestar_omnii_obs.otlp.encoding import EncodedBatch, encode_spans
 
 
 def finished_spans() -> tuple[ReadableSpan, ...]:
@@ -79,3 +81,28 @@ def test_fast_encoder_matches_the_sdk_encoder_field_for_field() -> None:
 
 def test_empty_batch_encodes_to_an_empty_request() -> None:
     assert ExportTraceServiceRequest.FromString(encode_spans([])) == sdk_encode([])
+
+
+def test_every_subset_of_a_batch_matches_the_sdk_encoder_on_that_subset() -> None:
+    spans = finished_spans()
+    batch = EncodedBatch(spans)
+    assert batch.trace_ids == [span.context.trace_id for span in spans]
+    for keep in itertools.product((False, True), repeat=len(spans)):
+        subset = [span for span, chosen in zip(spans, keep, strict=True) if chosen]
+        assert ExportTraceServiceRequest.FromString(batch.request(keep)) == sdk_encode(subset), keep
+
+
+def test_a_target_taking_every_span_reuses_the_whole_request() -> None:
+    spans = finished_spans()
+    batch = EncodedBatch(spans)
+    whole = batch.request()
+    assert batch.request([True] * len(batch)) is whole
+    assert batch.request(None) is whole
+    assert ExportTraceServiceRequest.FromString(whole) == sdk_encode(spans)
+    assert whole == encode_spans(spans)
+
+
+def test_the_old_module_still_exports_the_encoder() -> None:
+    from litestar_omnii_obs import _otlp
+
+    assert _otlp.encode_spans is encode_spans

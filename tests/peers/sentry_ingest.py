@@ -7,6 +7,10 @@ payload pairs whose payload length comes from the item header's ``length`` or, w
 newline), and records every request -- including the exact decompressed bytes -- so tests can inspect events,
 transactions and anything else that left the process.
 
+It also serves the OTLP traces endpoint sentry-sdk's ``OTLPIntegration`` derives from the DSN
+(``/api/<project>/integration/otlp/v1/traces/``): ``http/protobuf`` bodies (gzip or not) are decoded with
+opentelemetry-proto into the same span records as the OTLP receivers, with the ``X-Sentry-Auth`` key checked.
+
 Misbehaviour is switchable at runtime: ``delay`` (seconds before answering), ``status`` (e.g. 429 with
 ``retry_after``, or 500). Requests received while misbehaving are still recorded and counted, but flagged.
 Everything is thread-safe; the wait helpers never assert on wall-clock time.
@@ -29,6 +33,11 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from tests.peers.otlp_receiver import ReceivedSpan, _decode_spans
+
 try:  # optional, like in sentry_sdk.transport
     import brotli  # type: ignore[import-not-found, unused-ignore]
 except ImportError:  # pragma: no cover - depends on the environment
@@ -46,6 +55,8 @@ __all__ = [
 T = TypeVar("T")
 
 _ENVELOPE_PATH = re.compile(r"^/api/(?P<project>[^/]+)/envelope/?$")
+#: ``Auth.get_api_url(EndpointType.OTLP_TRACES)`` in sentry-sdk.
+_OTLP_TRACES_PATH = re.compile(r"^/api/(?P<project>[^/]+)/integration/otlp/v1/traces/?$")
 # Item types whose payload is JSON (https://develop.sentry.dev/sdk/data-model/envelope-items/).
 _NON_JSON_ITEM_TYPES = frozenset({"attachment", "replay_recording", "profile_chunk_binary", "statsd"})
 
@@ -167,6 +178,21 @@ class ReceivedRequest:
     delay: float
     accepted: bool
     flagged: bool
+    #: Spans of an OTLP traces request (decoded even when answered with an error), else ``None``.
+    otlp_spans: tuple[ReceivedSpan, ...] | None = None
+
+    @property
+    def sentry_key(self) -> str | None:
+        """The ``sentry_key`` of the ``X-Sentry-Auth`` header, if any."""
+        return _auth_key(self.headers.get("x-sentry-auth", ""))
+
+
+def _auth_key(auth: str) -> str | None:
+    for part in auth.removeprefix("Sentry ").split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "sentry_key":
+            return value
+    return None
 
 
 class _Server(ThreadingHTTPServer):
@@ -229,10 +255,14 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def respond(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
-        data = json.dumps(body).encode()
+        self.respond_bytes(status, json.dumps(body).encode(), headers, "application/json")
+
+    def respond_bytes(
+        self, status: int, data: bytes, headers: dict[str, str], content_type: str = "application/x-protobuf"
+    ) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for key, value in headers.items():
                 self.send_header(key, value)
@@ -347,10 +377,7 @@ class SentryIngest:
     def _sentry_key(self, handler: _Handler, query: dict[str, list[str]]) -> str | None:
         auth = handler.headers.get("X-Sentry-Auth", "")
         if auth:
-            for part in auth.removeprefix("Sentry ").split(","):
-                key, _, value = part.strip().partition("=")
-                if key == "sentry_key":
-                    return value
+            return _auth_key(auth)
         keys = query.get("sentry_key")
         return keys[0] if keys else None
 
@@ -378,7 +405,10 @@ class SentryIngest:
         retry_after, rate_limits = self.retry_after, self.rate_limits
         split = urlsplit(handler.path)
         match = _ENVELOPE_PATH.match(split.path)
+        otlp = _OTLP_TRACES_PATH.match(split.path)
+        match = match or otlp
         project_id = match.group("project") if match else None
+        otlp_spans: list[ReceivedSpan] | None = None
         encoding = handler.headers.get("Content-Encoding")
         encoding = encoding.strip().lower() if encoding else None
         error: str | None = None
@@ -397,10 +427,15 @@ class SentryIngest:
                     error = f"unknown project {project_id!r}"
                 elif self._sentry_key(handler, parse_qs(split.query)) != self.public_key:
                     error = "missing or wrong sentry_key"
+                elif otlp is not None:
+                    request = trace_service_pb2.ExportTraceServiceRequest.FromString(raw)
+                    otlp_spans = _decode_spans(request, 200 <= status < 300)
                 else:
                     envelope = parse_envelope(raw)
             except EnvelopeError as exc:
                 error = f"bad envelope: {exc}"
+            except DecodeError as exc:
+                error = f"bad OTLP request: {exc}"
         if error is not None:
             status = 404 if error.startswith(("not an envelope", "unknown project")) else 400
             if error.startswith("missing or wrong"):
@@ -420,6 +455,7 @@ class SentryIngest:
             delay=delay,
             accepted=accepted,
             flagged=not accepted or delay > 0,
+            otlp_spans=None if otlp_spans is None else tuple(otlp_spans),
         )
         with self._cond:  # recorded on receipt, so a pending (delayed) request is already visible
             self._requests.append(record)
@@ -434,6 +470,9 @@ class SentryIngest:
             headers["Retry-After"] = f"{retry_after:g}"
         if rate_limits is not None:
             headers["X-Sentry-Rate-Limits"] = rate_limits
+        if accepted and otlp is not None:
+            handler.respond_bytes(status, trace_service_pb2.ExportTraceServiceResponse().SerializeToString(), headers)
+            return
         if accepted:
             body: dict[str, Any] = {"id": envelope.event_id if envelope else None}
         else:
@@ -477,6 +516,30 @@ class SentryIngest:
         """JSON payloads of ``transaction`` items."""
         return [item.json for item in self.items("transaction", include_rejected=include_rejected)]
 
+    def otlp_spans(self, *, include_rejected: bool = False) -> list[ReceivedSpan]:
+        """Spans received on the OTLP traces endpoint (accepted ones, plus refused ones if ``include_rejected``)."""
+        return [
+            span
+            for r in self.requests()
+            if r.otlp_spans is not None and (r.accepted or include_rejected)
+            for span in r.otlp_spans
+        ]
+
+    def otlp_requests(self) -> list[ReceivedRequest]:
+        """Every request to the OTLP traces endpoint, accepted or not."""
+        return [r for r in self.requests() if _OTLP_TRACES_PATH.match(urlsplit(r.path).path)]
+
+    def wait_for_otlp_spans(self, n: int, timeout: float = 10.0) -> list[ReceivedSpan]:
+        """Wait until at least ``n`` accepted OTLP spans arrived; return them all."""
+        if n <= 0:
+            return self.otlp_spans()
+        return self.wait_for(lambda: spans if len(spans := self.otlp_spans()) >= n else None, timeout)
+
+    @property
+    def otlp_traces_url(self) -> str:
+        """Where sentry-sdk's ``OTLPIntegration`` sends spans for :attr:`dsn`."""
+        return f"{self.url}/api/{self.project_id}/integration/otlp/v1/traces/"
+
     def raw_bodies(self) -> list[bytes]:
         """The decompressed body of every request received (accepted, rejected or malformed)."""
         return [r.raw_body for r in self.requests()]
@@ -492,6 +555,8 @@ class SentryIngest:
         parts = []
         for r in self.requests()[-20:]:
             kinds = r.envelope.item_types() if r.envelope else []
+            if r.otlp_spans is not None:
+                kinds = [f"otlp:{len(r.otlp_spans)} span(s)"]
             parts.append(f"{r.method} {r.path} -> {r.status}{' flagged' if r.flagged else ''} {kinds} {r.error or ''}")
         return f"{self.requests_received} request(s): " + "; ".join(parts)
 

@@ -1,0 +1,40 @@
+"""OTLP encoding and transports: spans to a collector (gRPC or HTTP) and to Sentry, metrics to a collector.
+
+Typical wiring (in the lifespan)::
+
+    exporter = FanOutSpanExporter([
+        CollectorTarget(endpoint, protocol="grpc", headers=headers, timeout=5.0),
+        SentryTarget.from_dsn(dsn, rate=0.1, timeout=5.0),
+    ])
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    metric_exporter = build_metric_exporter(endpoint, protocol, headers, timeout)
+
+Each batch is encoded once; every endpoint's outage is logged once, backed off and counted
+(``exporter.dropped()``).
+"""
+
+from litestar_omnii_obs.otlp.encoding import EncodedBatch, encode_spans
+from litestar_omnii_obs.otlp.exporter import FanOutSpanExporter
+from litestar_omnii_obs.otlp.health import SENTRY_SPAN_CATEGORIES, EndpointHealth
+from litestar_omnii_obs.otlp.metrics import HTTP_EXTRA_HINT, build_metric_exporter
+from litestar_omnii_obs.otlp.targets import CollectorTarget, OtlpProtocol, SentryTarget, Target, signal_url
+from litestar_omnii_obs.otlp.transports import Compression, GrpcTransport, HttpTransport, Transport
+
+__all__ = [
+    "HTTP_EXTRA_HINT",
+    "SENTRY_SPAN_CATEGORIES",
+    "CollectorTarget",
+    "Compression",
+    "EncodedBatch",
+    "EndpointHealth",
+    "FanOutSpanExporter",
+    "GrpcTransport",
+    "HttpTransport",
+    "OtlpProtocol",
+    "SentryTarget",
+    "Target",
+    "Transport",
+    "build_metric_exporter",
+    "encode_spans",
+    "signal_url",
+]

@@ -1,0 +1,250 @@
+"""OTLP trace request encoding: each span to protobuf wire bytes once, requests assembled per target.
+
+The SDK's exporter builds one protobuf object per span, attribute and value in Python,
+about 100 µs per server span here: at 100% sampling that was more than the request
+itself. This writes the same ``ExportTraceServiceRequest`` straight to protobuf wire
+bytes (about a fifth of the cost). The test suite checks the result equals the SDK
+encoder's, field for field, over spans with every attribute type, events, links, status
+and remote parents, for whole batches and for subsets.
+
+A batch can go to several targets (the collector gets every span, Sentry the traces under
+its rate). :class:`EncodedBatch` encodes each span once; a request for a subset is the
+concatenation of the same per-span bytes under their resource and scope headers, and a
+target that takes every span gets the whole request's bytes, built once.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext
+
+__all__ = ["EncodedBatch", "encode_spans"]
+
+_pack_double = struct.Struct("<d").pack
+_pack_fixed64 = struct.Struct("<Q").pack
+_pack_fixed32 = struct.Struct("<I").pack
+_HAS_IS_REMOTE = 0x100
+_IS_REMOTE = 0x200
+_MASK64 = (1 << 64) - 1
+
+
+def _varint_slow(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL_VARINTS = tuple(_varint_slow(i) for i in range(1 << 14))
+_LEN_TAGS = tuple(_varint_slow(n << 3 | 2) for n in range(20))
+# Encoded attributes repeat across spans (method, route, status, host): keep them, up to a bound.
+_ATTRIBUTE_CACHE: dict[tuple[int, str, type, Any], bytes] = {}
+_ATTRIBUTE_CACHE_MAX = 4096
+
+
+def _varint(value: int) -> bytes:
+    return _SMALL_VARINTS[value] if value < 16384 else _varint_slow(value)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    size = len(payload)
+    return _LEN_TAGS[number] + (_SMALL_VARINTS[size] if size < 16384 else _varint_slow(size)) + payload
+
+
+def _text(number: int, value: str) -> bytes:
+    return _field(number, value.encode()) if value else b""
+
+
+def _any_value(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, str):
+        return _field(1, value.encode())
+    if isinstance(value, int):
+        return b"\x18" + _varint(value & _MASK64)
+    if isinstance(value, float):
+        return b"\x21" + _pack_double(value)
+    if isinstance(value, bytes):
+        return _field(7, value)
+    if isinstance(value, Sequence):
+        return _field(5, b"".join(_field(1, _any_value(item)) for item in value))
+    if isinstance(value, Mapping):
+        return _field(6, b"".join(_field(1, _key_value(str(k), v)) for k, v in value.items()))
+    raise TypeError(f"cannot encode attribute value of type {type(value).__name__}")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    return _text(1, key) + _field(2, _any_value(value))
+
+
+def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
+    if not attributes:
+        return b""
+    cache = _ATTRIBUTE_CACHE
+    parts = []
+    for key, value in attributes.items():
+        cache_key = (number, key, type(value), value)
+        try:
+            parts.append(cache[cache_key])
+            continue
+        except KeyError:
+            encoded = _field(number, _key_value(key, value))
+            if len(cache) >= _ATTRIBUTE_CACHE_MAX:
+                cache.clear()
+            cache[cache_key] = encoded
+        except TypeError:  # unhashable value (a list)
+            encoded = _field(number, _key_value(key, value))
+        parts.append(encoded)
+    return b"".join(parts)
+
+
+def _count(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value) if value else b""
+
+
+def _flags(number: int, parent: SpanContext | None) -> bytes:
+    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
+    return _varint(number << 3 | 5) + _pack_fixed32(flags)
+
+
+def _span(span: ReadableSpan) -> bytes:
+    context = span.get_span_context()
+    assert context is not None
+    parts = [
+        b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
+        b"\x12\x08" + context.span_id.to_bytes(8, "big"),
+    ]
+    if context.trace_state:
+        parts.append(_text(3, ",".join(f"{k}={v}" for k, v in context.trace_state.items())))
+    parent = span.parent
+    if parent is not None:
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    parts.append(_text(5, span.name))
+    parts.append(b"\x30" + _varint(span.kind.value + 1))
+    if span.start_time:
+        parts.append(b"\x39" + _pack_fixed64(span.start_time))
+    if span.end_time:
+        parts.append(b"\x41" + _pack_fixed64(span.end_time))
+    parts.append(_attributes(9, span.attributes))
+    parts.append(_count(10, span.dropped_attributes))
+    for event in span.events:
+        body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
+        body += _text(2, event.name) + _attributes(3, event.attributes) + _count(4, event.dropped_attributes)
+        parts.append(_field(11, body))
+    parts.append(_count(12, span.dropped_events))
+    for link in span.links:
+        body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
+        body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
+        body += _attributes(4, link.attributes) + _count(5, link.dropped_attributes) + _flags(6, link.context)
+        parts.append(_field(13, body))
+    parts.append(_count(14, span.dropped_links))
+    status = span.status
+    if status is not None:
+        body = _text(2, status.description or "") + _count(3, status.status_code.value)
+        parts.append(_field(15, body))
+    parts.append(_flags(16, parent))
+    return b"".join(parts)
+
+
+def _scope_parts(scope: InstrumentationScope | None) -> tuple[bytes, bytes]:
+    """``ScopeSpans`` bytes before its spans (the scope, field 1) and after them (its schema URL, field 3)."""
+    if scope is None:
+        return _field(1, b""), b""
+    head = _field(1, _text(1, scope.name) + _text(2, scope.version or "") + _attributes(3, scope.attributes))
+    return head, _text(3, scope.schema_url) if scope.schema_url else b""
+
+
+class EncodedBatch:
+    """One batch of spans, each encoded once, from which any subset's request is assembled.
+
+    Why: the same batch goes to the collector (every span) and to Sentry (the traces under
+    its rate); encoding a span costs far more than copying its bytes, so it is done once.
+    The bytes of a request for a subset equal what encoding only that subset would give
+    (resources and scopes in the order they first appear among the chosen spans).
+    """
+
+    __slots__ = ("_full", "_groups", "_headers", "_resources", "_spans", "trace_ids")
+
+    def __init__(self, spans: Sequence[ReadableSpan]) -> None:
+        # Resource.__hash__ serialises its attributes to JSON: key by identity, compare once per object.
+        by_id: dict[int, int] = {}
+        resources: list[Resource] = []
+        scopes: dict[tuple[int, InstrumentationScope | None], int] = {}
+        headers: list[tuple[int, bytes, bytes]] = []  # group -> (resource index, scope head, scope tail)
+        groups: list[int] = []
+        encoded: list[bytes] = []
+        trace_ids: list[int] = []
+        for span in spans:
+            resource = span.resource
+            index = by_id.get(id(resource))
+            if index is None:
+                index = next((i for i, known in enumerate(resources) if known == resource), len(resources))
+                if index == len(resources):
+                    resources.append(resource)
+                by_id[id(resource)] = index
+            scope = span.instrumentation_scope or None
+            group = scopes.get((index, scope))
+            if group is None:
+                group = scopes[index, scope] = len(headers)
+                headers.append((index, *_scope_parts(scope)))
+            groups.append(group)
+            context = span.get_span_context()
+            assert context is not None
+            trace_ids.append(context.trace_id)
+            encoded.append(_field(2, _span(span)))
+        self._resources = [(_field(1, _attributes(1, r.attributes)), r.schema_url) for r in resources]
+        self._headers = headers
+        self._groups = groups
+        self._spans = encoded
+        self._full: bytes | None = None
+        #: Each span's trace id, in batch order (what targets choose spans by).
+        self.trace_ids = trace_ids
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def request(self, keep: Sequence[bool] | None = None) -> bytes:
+        """``ExportTraceServiceRequest`` wire bytes for the spans ``keep`` marks (all, if ``None``)."""
+        if keep is None or all(keep):
+            if self._full is None:
+                self._full = self._assemble(range(len(self._spans)))
+            return self._full
+        return self._assemble(i for i, chosen in enumerate(keep) if chosen)
+
+    def _assemble(self, indices: Iterable[int]) -> bytes:
+        spans, groups, headers = self._spans, self._groups, self._headers
+        by_resource: dict[int, dict[int, list[bytes]]] = {}
+        for i in indices:
+            group = groups[i]
+            by_group = by_resource.get(headers[group][0])
+            if by_group is None:
+                by_group = by_resource[headers[group][0]] = {}
+            by_group.setdefault(group, []).append(spans[i])
+        request: list[bytes] = []
+        for resource, by_group in by_resource.items():
+            encoded_resource, resource_schema = self._resources[resource]
+            body = [encoded_resource]
+            for group, encoded in by_group.items():
+                _, head, tail = headers[group]
+                body.append(_field(2, head + b"".join(encoded) + tail))
+            if resource_schema:
+                body.append(_text(3, resource_schema))
+            request.append(_field(1, b"".join(body)))
+        return b"".join(request)
+
+
+def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
+    """``ExportTraceServiceRequest`` wire bytes for ``spans``, grouped by resource and scope."""
+    return EncodedBatch(spans).request()

@@ -1,0 +1,187 @@
+"""Where spans go: an OTLP collector (every span) and Sentry's OTLP endpoint (the traces under a rate).
+
+A target is a transport plus a rule for which spans it takes. Sentry's rule is OpenTelemetry's
+``TraceIdRatioBased`` sampler rule applied to the trace id (the SDK computes the bound), so
+what Sentry gets is a subset of what a ratio-sampled collector gets, and every trace goes to
+Sentry whole or not at all whatever process made its spans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from sentry_sdk.consts import VERSION as SENTRY_SDK_VERSION
+from sentry_sdk.consts import EndpointType
+from sentry_sdk.utils import Dsn
+
+from litestar_omnii_obs.otlp.health import EndpointHealth
+from litestar_omnii_obs.otlp.transports import Compression, GrpcTransport, HttpTransport, Transport
+
+__all__ = ["CollectorTarget", "OtlpProtocol", "SentryTarget", "Target", "signal_url"]
+
+OtlpProtocol = Literal["grpc", "http/protobuf"]
+_TRACE_ID_LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
+
+
+def signal_url(endpoint: str | None, signal_endpoint: str | None, signal: str) -> str:
+    """The OTLP/HTTP URL of ``signal`` (``traces``, ``metrics``) by the OTLP exporter spec's rules.
+
+    A signal-specific endpoint (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is used as is; the
+    generic one (``OTEL_EXPORTER_OTLP_ENDPOINT``) gets ``v1/<signal>`` appended to its path.
+    """
+    if signal_endpoint:
+        return signal_endpoint
+    if not endpoint:
+        raise ValueError(f"no OTLP endpoint for {signal}")
+    parts = urlsplit(endpoint)
+    return parts._replace(path=f"{parts.path.rstrip('/')}/v1/{signal}").geturl()
+
+
+class Target:
+    """A transport and the share of traces it takes (``rate`` in [0, 1], by trace id).
+
+    Why a rate per target: the collector takes every exported span, Sentry (billed per span)
+    a fraction; the fan-out exporter encodes once and sends each target its spans.
+    """
+
+    def __init__(self, transport: Transport, rate: float = 1.0) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be in [0, 1]")
+        self.transport = transport
+        self.rate = rate
+        #: Spans whose trace id's low 64 bits are below this go to the target (the SDK sampler's bound).
+        self.bound = TraceIdRatioBased.get_bound_for_rate(rate)
+
+    @property
+    def name(self) -> str:
+        """The endpoint as logs show it (credentials redacted)."""
+        return self.transport.target
+
+    @property
+    def health(self) -> EndpointHealth:
+        return self.transport.health
+
+    @property
+    def takes_all(self) -> bool:
+        return self.bound > _TRACE_ID_LIMIT
+
+    def takes(self, trace_id: int) -> bool:
+        """Whether spans of ``trace_id`` go to this target (``TraceIdRatioBased``'s test)."""
+        return trace_id & _TRACE_ID_LIMIT < self.bound
+
+    def choose(self, trace_ids: Sequence[int]) -> list[bool] | None:
+        """Which of a batch's spans go here; ``None`` means all of them."""
+        if self.takes_all:
+            return None
+        bound = self.bound
+        return [trace_id & _TRACE_ID_LIMIT < bound for trace_id in trace_ids]
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class CollectorTarget(Target):
+    """An OpenTelemetry collector over OTLP/gRPC or OTLP/HTTP; it takes every span exported.
+
+    ``endpoint`` is the generic endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT``), ``traces_endpoint``
+    the signal-specific one (used as is, and it wins). Over HTTP the generic one gets
+    ``/v1/traces`` appended; over gRPC only the host and port count. ``compression``:
+    ``gzip`` or ``none`` (default: ``gzip`` over HTTP, ``none`` over gRPC).
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        traces_endpoint: str | None = None,
+        protocol: OtlpProtocol = "grpc",
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        compression: Compression | None = None,
+        insecure: bool | None = None,
+        credentials: Any = None,
+        initial_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+    ) -> None:
+        transport: Transport
+        if protocol == "grpc":
+            address = traces_endpoint or endpoint
+            if not address:
+                raise ValueError("no OTLP endpoint for traces")
+            transport = GrpcTransport(
+                address,
+                headers=headers,
+                timeout=timeout,
+                compression=compression or "none",
+                insecure=insecure,
+                credentials=credentials,
+                initial_backoff=initial_backoff,
+                max_backoff=max_backoff,
+            )
+        elif protocol == "http/protobuf":
+            url = signal_url(endpoint, traces_endpoint, "traces")
+            transport = HttpTransport(
+                url,
+                headers=headers,
+                timeout=timeout,
+                compression=compression or "gzip",
+                initial_backoff=initial_backoff,
+                max_backoff=max_backoff,
+            )
+        else:
+            raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
+        super().__init__(transport)
+        self.protocol = protocol
+
+
+class SentryTarget(Target):
+    """Sentry's OTLP traces endpoint, for the traces whose id falls under ``rate``.
+
+    Use :meth:`from_dsn`: it derives the URL and ``X-Sentry-Auth`` exactly as sentry-sdk's
+    ``OTLPIntegration`` does. Requests go over HTTP, gzip-compressed; Sentry's
+    ``X-Sentry-Rate-Limits`` is honoured (see :data:`~.health.SENTRY_SPAN_CATEGORIES`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        auth_header: str,
+        *,
+        rate: float = 1.0,
+        timeout: float = 10.0,
+        initial_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+    ) -> None:
+        transport = HttpTransport(
+            url,
+            headers={"X-Sentry-Auth": auth_header},
+            timeout=timeout,
+            compression="gzip",
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+        )
+        super().__init__(transport, rate)
+
+    @classmethod
+    def from_dsn(
+        cls,
+        dsn: str,
+        *,
+        rate: float = 1.0,
+        timeout: float = 10.0,
+        initial_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+    ) -> SentryTarget:
+        """The target for ``dsn`` (raises ``sentry_sdk.utils.BadDsn`` for a malformed one)."""
+        auth = Dsn(dsn).to_auth(f"sentry.python/{SENTRY_SDK_VERSION}")
+        return cls(
+            auth.get_api_url(EndpointType.OTLP_TRACES),
+            auth.to_header(),
+            rate=rate,
+            timeout=timeout,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+        )

@@ -452,6 +452,14 @@ def test_endpoint_credentials_are_sent_as_basic_authorization(http_collector: Ot
     assert http_collector.requests()[0].headers["authorization"] == "Basic YWxpY2U6czNjcjN0"
 
 
+def test_grpc_endpoint_credentials_are_sent_as_basic_authorization(grpc_collector: OtlpReceiver) -> None:
+    url = f"http://alice:s3cr3t@127.0.0.1:{grpc_collector.port}"
+    target = CollectorTarget(url, protocol="grpc")
+    assert target.name == f"http://***@127.0.0.1:{grpc_collector.port}"
+    assert FanOutSpanExporter([target]).export(make_spans()) is SpanExportResult.SUCCESS
+    assert grpc_collector.requests()[0].metadata["authorization"] == "Basic YWxpY2U6czNjcjN0"
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 
@@ -482,12 +490,14 @@ def _export_one_metric(exporter: object) -> None:
 
 
 def test_metric_exporter_over_grpc(grpc_collector: OtlpReceiver) -> None:
-    exporter = build_metric_exporter(grpc_collector.endpoint, "grpc", {"X-Api-Key": "m1"}, 5.0)
+    url = f"http://alice:s3cr3t@127.0.0.1:{grpc_collector.port}"
+    exporter = build_metric_exporter(url, "grpc", {"X-Api-Key": "m1"}, 5.0)
     assert isinstance(exporter, GrpcMetricExporter)
     _export_one_metric(exporter)
     point = grpc_collector.wait_for_metric("omnii.test.count")[0]
     assert (point.value, point.attributes) == (3, {"k": "v"})
-    assert grpc_collector.requests()[-1].metadata["x-api-key"] == "m1"
+    metadata = grpc_collector.requests()[-1].metadata
+    assert (metadata["x-api-key"], metadata["authorization"]) == ("m1", "Basic YWxpY2U6czNjcjN0")
 
 
 def test_metric_exporter_over_http(http_collector: OtlpHttpReceiver) -> None:

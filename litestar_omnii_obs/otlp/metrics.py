@@ -56,7 +56,8 @@ def build_metric_exporter(
         if insecure is None:
             insecure = parts.scheme == "http"
         return GrpcExporter(
-            endpoint=parts.netloc,
+            # Without user-info; with its scheme when it had one (the SDK reads TLS from "https").
+            endpoint=parts._replace(path="", query="", fragment="").geturl().removeprefix("//"),
             insecure=insecure and parts.scheme != "https",
             headers=metadata,
             timeout=timeout,

@@ -154,9 +154,9 @@ class HttpTransport(Transport):
         self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT}
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
-        if basic is not None:
-            self._headers["Authorization"] = basic
         self._headers.update(headers or {})
+        if basic is not None and not any(key.lower() == "authorization" for key in self._headers):
+            self._headers["Authorization"] = basic  # an explicit Authorization header wins
         options: dict[str, Any] = {
             "maxsize": 1,
             "block": False,

@@ -2,18 +2,16 @@
 
 Every variant serves the same route, ``GET /users/{user_id:int}`` returning a small JSON dict; only the
 observability around it differs. Imports are made per variant, so bare Litestar loads none of the SDKs.
-Our plugin is configured the way a user would: ``ObservabilityConfig.from_env()``.
+Our plugin is configured the way a user would: ``ObservabilityConfig.from_env()``. The anchors are set up
+the way their docs show, exporting only to the benchmark's own peers on 127.0.0.1.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-from time import perf_counter
 from typing import Any
 
-from litestar import Litestar, Request, get
+from litestar import Litestar, get
 from litestar.params import FromPath
 
 from bench import variants
@@ -26,6 +24,9 @@ async def get_user(user_id: FromPath[int]) -> dict[str, object]:
 
 HANDLERS = [get_user]
 
+#: Tracer providers an anchor made without installing them globally (see :func:`flush`).
+_PROVIDERS: list[Any] = []
+
 
 def bare_app() -> Litestar:
     return Litestar(route_handlers=HANDLERS)
@@ -37,91 +38,65 @@ def obs_app() -> Litestar:
     return Litestar(route_handlers=HANDLERS, plugins=[ObservabilityPlugin(ObservabilityConfig.from_env())])
 
 
-def _otel_plugin() -> Any:
-    """Litestar's own OpenTelemetryPlugin on an SDK TracerProvider; OTLP export only if an endpoint is set."""
+def _batch_otlp(endpoint: str) -> Any:
+    """A BatchSpanProcessor with the OTLP/gRPC exporter (the SDK defaults otherwise)."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    return BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True))
+
+
+def litestar_otel_app() -> Litestar:
+    """Litestar's own OpenTelemetryPlugin on an SDK TracerProvider exporting to OTEL_EXPORTER_OTLP_ENDPOINT."""
     from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
     from opentelemetry.sdk.trace import TracerProvider
 
     provider = TracerProvider()
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    provider.add_span_processor(_batch_otlp(os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]))
+    _PROVIDERS.append(provider)
+    return Litestar(
+        route_handlers=HANDLERS, plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider))]
+    )
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # reads the endpoint itself
-    return OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider))
 
-
-def _init_sentry() -> None:
+def sentry_litestar_app() -> Litestar:
     """sentry-sdk as its docs show it: init before the app is built, so LitestarIntegration patches it."""
     import sentry_sdk
     from sentry_sdk.integrations.litestar import LitestarIntegration
 
+    rate = os.environ.get("SENTRY_TRACES_SAMPLE_RATE")
     sentry_sdk.init(
         dsn=os.environ["SENTRY_DSN"],
-        traces_sample_rate=float(os.environ.get("SENTRY_TRACES_SAMPLE_RATE", "1.0")),
+        traces_sample_rate=float(rate) if rate else None,
         integrations=[LitestarIntegration()],
     )
-
-
-def litestar_otel_app() -> Litestar:
-    return Litestar(route_handlers=HANDLERS, plugins=[_otel_plugin()])
-
-
-def sentry_litestar_app() -> Litestar:
-    _init_sentry()
     return Litestar(route_handlers=HANDLERS)
 
 
-def litestar_otel_sentry_app() -> Litestar:
-    _init_sentry()
-    return Litestar(route_handlers=HANDLERS, plugins=[_otel_plugin()])
+def logfire_app() -> Any:
+    """``logfire.instrument_litestar()`` with nothing sent to Logfire's service: spans go to our collector.
 
+    Logfire's own OTLP exporter (used when OTEL_EXPORTER_OTLP_ENDPOINT is set) speaks OTLP/HTTP, and the
+    benchmark's receiver is gRPC, so the export is an explicit span processor instead.
+    """
+    import logfire
 
-_naive_logger = logging.getLogger("bench.naive")
-
-
-def _naive_startup() -> None:
-    # Added at startup: Litestar configures logging when the app is built.
-    handler = logging.FileHandler(os.environ.get("BENCH_LOG_FILE", os.devnull))
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    _naive_logger.addHandler(handler)
-    _naive_logger.setLevel(logging.INFO)
-    _naive_logger.propagate = False
-
-
-def _naive_shutdown() -> None:
-    for handler in list(_naive_logger.handlers):
-        _naive_logger.removeHandler(handler)
-        handler.close()
-
-
-async def _naive_before(request: Request[Any, Any, Any]) -> None:
-    request.state.bench_start = perf_counter()
-
-
-async def _naive_after(request: Request[Any, Any, Any]) -> None:
-    duration = (perf_counter() - request.state.bench_start) * 1000.0
-    _naive_logger.info(
-        json.dumps(
-            {
-                "metric": "api_latency",
-                "route": request.scope.get("path_template") or request.url.path,
-                "method": request.method,
-                "duration": round(duration, 3),
-            }
-        )
+    logfire.configure(
+        send_to_logfire=False,
+        console=False,
+        service_name="bench",
+        inspect_arguments=False,
+        additional_span_processors=[_batch_otlp(os.environ["BENCH_OTLP_ENDPOINT"])],
     )
+    return logfire.instrument_litestar(Litestar(route_handlers=HANDLERS))
 
 
-def naive_logging_app() -> Litestar:
-    """What one would write by hand with Litestar's hooks (no status: after_response never sees it)."""
-    return Litestar(
-        route_handlers=HANDLERS,
-        before_request=_naive_before,
-        after_response=_naive_after,
-        on_startup=[_naive_startup],
-        on_shutdown=[_naive_shutdown],
-    )
+def prometheus_app() -> Litestar:
+    """Litestar's Prometheus plugin as its docs show it: the middleware and the /metrics controller."""
+    from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+    config = PrometheusConfig(app_name="bench", group_path=True)
+    return Litestar(route_handlers=[*HANDLERS, PrometheusController], middleware=[config.middleware])
 
 
 BUILDERS = {
@@ -129,13 +104,32 @@ BUILDERS = {
     "obs": obs_app,
     "litestar-otel": litestar_otel_app,
     "sentry-litestar": sentry_litestar_app,
-    "litestar-otel-sentry": litestar_otel_sentry_app,
-    "naive-logging": naive_logging_app,
+    "logfire": logfire_app,
+    "prometheus": prometheus_app,
 }
 
 
-def build(name: str) -> Litestar:
-    """The app of variant ``name``."""
+def flush(timeout: float = 2.0) -> None:
+    """Finish the work already queued for background threads: span batches, Sentry's transport queue.
+
+    The in-process benchmark calls it at the end of each repeat, inside the measured window, so what a
+    repeat's requests queued is counted in that repeat (a batch processor exports every 5 s otherwise).
+    """
+    import sys
+
+    from opentelemetry import trace
+
+    for provider in [trace.get_tracer_provider(), *_PROVIDERS]:
+        force_flush = getattr(provider, "force_flush", None)
+        if force_flush is not None:
+            force_flush(int(timeout * 1000))
+    sentry_sdk = sys.modules.get("sentry_sdk")
+    if sentry_sdk is not None and sentry_sdk.is_initialized():
+        sentry_sdk.flush(timeout)
+
+
+def build(name: str) -> Any:
+    """The ASGI app of variant ``name``."""
     return BUILDERS[variants.get(name).app]()
 
 

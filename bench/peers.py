@@ -7,6 +7,8 @@ they neither decode every span into Python objects nor keep what they received.
 
 from __future__ import annotations
 
+import gzip
+import json
 import socket
 import tempfile
 import threading
@@ -45,18 +47,36 @@ class CountingOtlpReceiver(OtlpReceiver):
 
 
 class CountingSentryIngest(SentryIngest):
-    """Reads each envelope, answers 200 and only counts envelopes (no decompression, no parsing)."""
+    """Answers 200 to everything and only counts: envelopes, and spans POSTed to Sentry's OTLP endpoint.
+
+    Envelopes are neither decompressed nor parsed; an OTLP/HTTP body (``/api/<project>/integration/otlp/...``)
+    is decoded only to count its spans.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self.envelope_count = 0
+        self.otlp_span_count = 0
 
     def _handle(self, handler: Any) -> None:
-        handler.read_body()
+        body = handler.read_body()
+        if "/otlp" not in handler.path:
+            with self._lock:
+                self.envelope_count += 1
+            handler.respond(200, {"id": None}, {})
+            return
+        spans = _count_otlp_http_spans(body, handler.headers.get("Content-Encoding"))
         with self._lock:
-            self.envelope_count += 1
-        handler.respond(200, {"id": None}, {})
+            self.otlp_span_count += spans
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/x-protobuf")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            handler.wfile.flush()
+        except OSError:
+            handler.close_connection = True
 
     def start(self) -> Self:
         super().start()
@@ -66,7 +86,25 @@ class CountingSentryIngest(SentryIngest):
 
     def reset(self) -> None:
         with self._lock:
-            self.envelope_count = 0
+            self.envelope_count = self.otlp_span_count = 0
+
+
+def _count_otlp_http_spans(body: bytes, encoding: str | None) -> int:
+    """Spans in an OTLP/HTTP ExportTraceServiceRequest (protobuf, or JSON); 0 if it cannot be read."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    try:
+        if encoding and encoding.strip().lower() == "gzip":
+            body = gzip.decompress(body)
+        if body[:1] == b"{":
+            data = json.loads(body)
+            return sum(
+                len(ss.get("spans", ())) for rs in data.get("resourceSpans", ()) for ss in rs.get("scopeSpans", ())
+            )
+        request = ExportTraceServiceRequest.FromString(body)
+        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    except Exception:
+        return 0
 
 
 class Peers:
@@ -119,7 +157,12 @@ class Peers:
         self.sentry.reset()
 
     def counts(self) -> dict[str, int]:
-        return {"spans": self.otlp.span_count, "sentry": self.sentry.envelope_count}
+        """What reached the peers since the last reset: OTLP spans, Sentry envelopes, spans at Sentry's OTLP."""
+        return {
+            "spans": self.otlp.span_count,
+            "sentry": self.sentry.envelope_count,
+            "sentry spans": self.sentry.otlp_span_count,
+        }
 
 
 def free_port() -> int:

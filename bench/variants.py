@@ -1,8 +1,9 @@
-"""The benchmark variants: which app each one serves and the environment it is started with.
+"""The benchmark variants: which app each one serves, the environment it starts with, and its targets.
 
 Pure data with no heavy imports, because ``bench.apps`` (imported by the measured server) reads it too.
 Our plugin's variants are configured only through environment variables, read by
-``ObservabilityConfig.from_env()`` exactly as a user's deployment would be.
+``ObservabilityConfig.from_env()`` exactly as a user's deployment would be: nothing else is set for them
+(no service name, no metrics sink: metric lines go to stdout, which the benchmark sends to a file).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BARE", "VARIANTS", "Endpoints", "Variant", "clean_environ", "select"]
+__all__ = ["BARE", "FEATURES", "VARIANTS", "Endpoints", "Variant", "clean_environ", "get", "select"]
 
 
 @dataclass(frozen=True)
@@ -26,29 +27,37 @@ class Endpoints:
     workdir: Path
 
 
+Env = Callable[[Endpoints], dict[str, str]]
+_Value = str | Callable[[Endpoints], str]
+
+#: The columns of the "how it compares" table, in order.
+FEATURES = ("latency records", "traces", "Sentry errors", "Sentry perf", "metrics")
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     app: str
     """The app ``bench.apps`` builds, a key of ``bench.apps.BUILDERS``."""
     what: str
-    env: Callable[[Endpoints], dict[str, str]]
+    env: Env
     uses_otlp: bool = False
     uses_sentry: bool = False
+    target_us: float | None = None
+    """In-process target: at most this many µs of CPU per request over bare."""
+    target_share: float | None = None
+    """Over HTTP on the primary server: at least this share of bare's throughput."""
+    live: str | None = None
+    """For a dead-peer variant: the same configuration with live peers (p50/p99 within 10% of it)."""
+    features: frozenset[str] = frozenset()
+    """For the comparison table: which of :data:`FEATURES` this variant is configured to give."""
 
 
-def _none(_: Endpoints) -> dict[str, str]:
-    return {}
-
-
-def _obs(**extra: str | Callable[[Endpoints], str]) -> Callable[[Endpoints], dict[str, str]]:
-    """Our plugin: latency records to a file; ``extra`` values may depend on the endpoints."""
+def _env(**values: _Value) -> Env:
+    """Fixed variables; a callable value depends on the endpoints (live or dead peers)."""
 
     def env(e: Endpoints) -> dict[str, str]:
-        out = {"OTEL_SERVICE_NAME": "bench"}
-        for key, value in extra.items():
-            out[key] = value(e) if callable(value) else value
-        return out
+        return {key: value(e) if callable(value) else value for key, value in values.items()}
 
     return env
 
@@ -69,155 +78,148 @@ def _dead_dsn(e: Endpoints) -> str:
     return e.dead_dsn
 
 
-_RATIO = "parentbased_traceidratio"
-
 BARE = "bare"
 
+_PROD: dict[str, _Value] = {"APP_ENV": "production"}
+_ALL100: dict[str, _Value] = {
+    "APP_ENV": "production",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": _live_otlp,
+    "SENTRY_DSN": _live_dsn,
+    "SENTRY_TRACES_SAMPLE_RATE": "1.0",
+}
+_OURS = frozenset({"latency records", "traces", "Sentry errors", "metrics"})
+
 VARIANTS: tuple[Variant, ...] = (
-    Variant(BARE, "bare", "Litestar alone", _none),
+    Variant(BARE, "bare", "Litestar alone", _env()),
+    # ---------------------------------------------------------------- ours, configured by environment only
     Variant(
         "obs-latency",
         "obs",
-        "plugin: latency records only (OMNII_OBS_TRACING=false, no Sentry)",
-        _obs(OMNII_OBS_TRACING="false"),
+        "plugin, latency records only: OMNII_OBS_TRACING=false, no SENTRY_DSN",
+        _env(OMNII_OBS_TRACING="false"),
+        target_us=5,
+        target_share=0.95,
+        features=frozenset({"latency records"}),
     ),
     Variant(
-        "obs-trace100",
+        "obs-default",
         "obs",
-        "plugin: latency + traces 100% to a live OTLP receiver",
-        _obs(OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp, OTEL_TRACES_SAMPLER=_RATIO, OTEL_TRACES_SAMPLER_ARG="1.0"),
-        uses_otlp=True,
-    ),
-    Variant(
-        "obs-trace10",
-        "obs",
-        "plugin: latency + traces 10% to a live OTLP receiver",
-        _obs(OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp, OTEL_TRACES_SAMPLER=_RATIO, OTEL_TRACES_SAMPLER_ARG="0.1"),
-        uses_otlp=True,
-    ),
-    Variant(
-        "obs-sentry",
-        "obs",
-        "plugin: latency + Sentry errors to a live ingest (tracing off, so no Sentry performance data)",
-        _obs(OMNII_OBS_TRACING="false", SENTRY_DSN=_live_dsn, SENTRY_TRACES_SAMPLE_RATE="1.0"),
-        uses_sentry=True,
+        "plugin, default config with no peers (what `make run` does: no variable set at all)",
+        _env(),
+        target_us=8,
+        features=frozenset({"latency records"}),
     ),
     Variant(
         "obs-prod",
         "obs",
-        "plugin, production default as issue 5 defines it: APP_ENV=production, latency records, traces 10% "
-        "to a live collector, Sentry errors to a live ingest (SENTRY_TRACES_SAMPLE_RATE=0)",
-        _obs(
-            APP_ENV="production",
-            OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp,
-            OTEL_TRACES_SAMPLER=_RATIO,
-            OTEL_TRACES_SAMPLER_ARG="0.1",
-            SENTRY_DSN=_live_dsn,
-            SENTRY_TRACES_SAMPLE_RATE="0",
-        ),
+        "plugin, production default as shipped: APP_ENV=production, SENTRY_DSN and OTEL_EXPORTER_OTLP_ENDPOINT "
+        "(live peers), nothing else",
+        _env(**_PROD, OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp, SENTRY_DSN=_live_dsn),
         uses_otlp=True,
         uses_sentry=True,
+        target_us=15,
+        target_share=0.85,
+        features=_OURS | {"Sentry perf"},
     ),
     Variant(
-        "obs-prod-sentry-perf",
+        "obs-prod-dead-otlp",
         "obs",
-        "obs-prod plus Sentry performance data at the seed's production rate (SENTRY_TRACES_SAMPLE_RATE=0.1)",
-        _obs(
-            APP_ENV="production",
-            OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp,
-            OTEL_TRACES_SAMPLER=_RATIO,
-            OTEL_TRACES_SAMPLER_ARG="0.1",
-            SENTRY_DSN=_live_dsn,
-            SENTRY_TRACES_SAMPLE_RATE="0.1",
-        ),
-        uses_otlp=True,
+        "obs-prod with the collector dead (nothing listens at OTEL_EXPORTER_OTLP_ENDPOINT)",
+        _env(**_PROD, OTEL_EXPORTER_OTLP_ENDPOINT=_dead_otlp, SENTRY_DSN=_live_dsn),
         uses_sentry=True,
+        live="obs-prod",
+    ),
+    Variant(
+        "obs-prod-dead-sentry",
+        "obs",
+        "obs-prod with Sentry dead (nothing listens at the DSN's host)",
+        _env(**_PROD, OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp, SENTRY_DSN=_dead_dsn),
+        uses_otlp=True,
+        live="obs-prod",
     ),
     Variant(
         "obs-all100",
         "obs",
-        "plugin: latency records, traces 100% to a live collector, Sentry errors to a live ingest",
-        _obs(
-            OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp,
-            OTEL_TRACES_SAMPLER=_RATIO,
-            OTEL_TRACES_SAMPLER_ARG="1.0",
-            SENTRY_DSN=_live_dsn,
-            SENTRY_TRACES_SAMPLE_RATE="0",
-        ),
+        "plugin, 100% traced to a live collector with Sentry errors: obs-prod + SENTRY_TRACES_SAMPLE_RATE=1.0, "
+        "OMNII_OBS_SENTRY_TRACES=off",
+        _env(**_ALL100, OMNII_OBS_SENTRY_TRACES="off"),
         uses_otlp=True,
         uses_sentry=True,
+        target_us=40,
+        target_share=0.60,
+        features=_OURS,
     ),
     Variant(
-        "obs-all100-dead",
+        "obs-all100-sentry-otlp",
         "obs",
-        "obs-all100 with the collector and Sentry dead (nothing listens)",
-        _obs(
-            OTEL_EXPORTER_OTLP_ENDPOINT=_dead_otlp,
-            OTEL_TRACES_SAMPLER=_RATIO,
-            OTEL_TRACES_SAMPLER_ARG="1.0",
-            SENTRY_DSN=_dead_dsn,
-            SENTRY_TRACES_SAMPLE_RATE="0",
-        ),
-    ),
-    Variant(
-        "obs-all100-sentry-perf",
-        "obs",
-        "obs-all100 plus Sentry performance data for every request (SENTRY_TRACES_SAMPLE_RATE=1.0)",
-        _obs(
-            OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp,
-            OTEL_TRACES_SAMPLER=_RATIO,
-            OTEL_TRACES_SAMPLER_ARG="1.0",
-            SENTRY_DSN=_live_dsn,
-            SENTRY_TRACES_SAMPLE_RATE="1.0",
-        ),
+        "obs-all100 plus Sentry performance at 100% through Sentry's OTLP endpoint (OMNII_OBS_SENTRY_TRACES=otlp)",
+        _env(**_ALL100, OMNII_OBS_SENTRY_TRACES="otlp"),
         uses_otlp=True,
         uses_sentry=True,
+        target_us=60,
+        features=_OURS | {"Sentry perf"},
     ),
     Variant(
-        "litestar-otel",
-        "litestar-otel",
-        "Litestar's OpenTelemetryPlugin, SDK TracerProvider, no exporter",
-        _none,
-    ),
-    Variant(
-        "litestar-otel-dead",
-        "litestar-otel",
-        "Litestar's OpenTelemetryPlugin, BatchSpanProcessor + OTLP/gRPC exporter to a dead collector",
-        lambda e: {"OTEL_EXPORTER_OTLP_ENDPOINT": e.dead_otlp},
-    ),
-    Variant(
-        "sentry-litestar",
-        "sentry-litestar",
-        "sentry-sdk LitestarIntegration, traces_sample_rate=1.0, live ingest",
-        lambda e: {"SENTRY_DSN": e.dsn, "SENTRY_TRACES_SAMPLE_RATE": "1.0"},
+        "obs-all100-sentry-sdk",
+        "obs",
+        "obs-all100 plus Sentry performance at 100% through sentry-sdk's SentrySpanProcessor "
+        "(OMNII_OBS_SENTRY_TRACES=sdk, the old path)",
+        _env(**_ALL100, OMNII_OBS_SENTRY_TRACES="sdk"),
+        uses_otlp=True,
         uses_sentry=True,
+        target_us=60,
+        features=_OURS | {"Sentry perf"},
+    ),
+    # ---------------------------------------------------------------- anchors: what people pick instead
+    Variant(
+        "litestar-otel",
+        "litestar-otel",
+        "anchor: Litestar's OpenTelemetryPlugin, SDK TracerProvider (always on), BatchSpanProcessor + OTLP/gRPC "
+        "exporter to the live collector",
+        _env(OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp),
+        uses_otlp=True,
+        features=frozenset({"traces"}),
     ),
     Variant(
-        "sentry-litestar-dead",
         "sentry-litestar",
-        "sentry-sdk LitestarIntegration, traces_sample_rate=1.0, dead DSN",
-        lambda e: {"SENTRY_DSN": e.dead_dsn, "SENTRY_TRACES_SAMPLE_RATE": "1.0"},
-    ),
-    Variant(
-        "litestar-otel-sentry",
-        "litestar-otel-sentry",
-        "both: Litestar's OpenTelemetryPlugin (no exporter) + sentry-sdk LitestarIntegration at 1.0 to a live ingest",
-        lambda e: {"SENTRY_DSN": e.dsn, "SENTRY_TRACES_SAMPLE_RATE": "1.0"},
+        "sentry-litestar",
+        "anchor: sentry-sdk's LitestarIntegration, errors only (no traces_sample_rate), live ingest",
+        _env(SENTRY_DSN=_live_dsn),
         uses_sentry=True,
+        features=frozenset({"Sentry errors"}),
     ),
     Variant(
-        "naive-logging",
-        "naive-logging",
-        "app-level before_request/after_response writing a JSON line through stdlib logging to a file",
-        _none,
+        "sentry-litestar-perf",
+        "sentry-litestar",
+        "anchor: sentry-sdk's LitestarIntegration with traces_sample_rate=1.0, live ingest",
+        _env(SENTRY_DSN=_live_dsn, SENTRY_TRACES_SAMPLE_RATE="1.0"),
+        uses_sentry=True,
+        features=frozenset({"Sentry errors", "Sentry perf"}),
+    ),
+    Variant(
+        "logfire",
+        "logfire",
+        "anchor: logfire.instrument_litestar(), logfire.configure(send_to_logfire=False, console=False) with a "
+        "BatchSpanProcessor + OTLP/gRPC exporter to the live collector",
+        _env(BENCH_OTLP_ENDPOINT=_live_otlp),
+        uses_otlp=True,
+        features=frozenset({"traces"}),
+    ),
+    Variant(
+        "prometheus",
+        "prometheus",
+        "anchor: Litestar's Prometheus plugin (litestar.plugins.prometheus: PrometheusConfig(group_path=True) "
+        "middleware + PrometheusController at /metrics)",
+        _env(),
+        features=frozenset({"metrics"}),
     ),
 )
 
 _BY_NAME = {v.name: v for v in VARIANTS}
 
 # Inherited variables that would change what a variant measures.
-_STRIPPED_PREFIXES = ("OTEL_", "SENTRY_", "OMNII_OBS_", "BENCH_")
-_STRIPPED = frozenset({"APP_ENV", "APP_VERSION"})
+_STRIPPED_PREFIXES = ("OTEL_", "SENTRY_", "OMNII_OBS_", "BENCH_", "LOGFIRE_", "GRANIAN_", "UVICORN_")
+_STRIPPED = frozenset({"APP_ENV", "APP_VERSION", "PYTHONUNBUFFERED"})
 
 
 def get(name: str) -> Variant:
@@ -228,10 +230,14 @@ def get(name: str) -> Variant:
 
 
 def select(only: str | None) -> list[Variant]:
-    """``BENCH_ONLY`` (comma-separated names) -> the variants to run, in table order, bare first."""
+    """``BENCH_ONLY`` (comma-separated names) -> the variants to run, in table order, bare first.
+
+    A dead-peer variant brings its live counterpart along, so the comparison can be made.
+    """
     if not only or not only.strip():
         return list(VARIANTS)
     wanted = {get(name.strip()).name for name in only.split(",") if name.strip()}
+    wanted |= {v.live for v in VARIANTS if v.name in wanted and v.live}
     return [v for v in VARIANTS if v.name == BARE or v.name in wanted]
 
 
@@ -242,12 +248,6 @@ def clean_environ(variant: Variant, endpoints: Endpoints, base: Mapping[str, str
         for k, v in (os.environ if base is None else base).items()
         if not k.startswith(_STRIPPED_PREFIXES) and k not in _STRIPPED
     }
-    env.update(
-        BENCH_VARIANT=variant.name,
-        # Both sinks are files in a scratch directory: a stdout pipe nobody reads would block the writer.
-        OMNII_OBS_METRICS_SINK=str(endpoints.workdir / "metrics.jsonl"),
-        BENCH_LOG_FILE=str(endpoints.workdir / "naive.jsonl"),
-        PYTHONUNBUFFERED="1",
-    )
+    env["BENCH_VARIANT"] = variant.name
     env.update(variant.env(endpoints))
     return env

@@ -29,7 +29,7 @@ from bench.peers import Peers
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.md"
 PRIMARY = "uvicorn"
-SERVER_OVERHEAD_S = 4.0  # start, readiness, stop: roughly, per HTTP run
+SERVER_OVERHEAD_S = 1.5  # start, readiness, stop: roughly, per HTTP run
 
 
 def log(message: str) -> None:

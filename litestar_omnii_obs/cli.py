@@ -71,36 +71,6 @@ if "litestar.cli.main" in sys.modules and not getattr(sys.excepthook, "omnii_obs
 
 # --------------------------------------------------------------------------- obs config
 
-#: The variables ``ObservabilityConfig.from_env`` reads for each setting (first wins).
-ENV_VARS: dict[str, tuple[str, ...]] = {
-    "environment": ("APP_ENV",),
-    "version": ("APP_VERSION",),
-    "service_name": ("OTEL_SERVICE_NAME",),
-    "latency.enabled": ("OMNII_OBS_LATENCY",),
-    "latency.exclude_paths": ("OMNII_OBS_EXCLUDE_PATHS",),
-    "latency.opt_key": ("OMNII_OBS_OPT_KEY",),
-    "latency.unmatched_route": ("OMNII_OBS_UNMATCHED_ROUTE",),
-    "metrics.sink": ("OMNII_OBS_METRICS_SINK",),
-    "metrics.max_queue": ("OMNII_OBS_METRICS_MAX_QUEUE",),
-    "metrics.flush_interval": ("OMNII_OBS_METRICS_FLUSH_INTERVAL",),
-    "sentry.dsn": ("SENTRY_DSN",),
-    "sentry.environment": ("SENTRY_ENVIRONMENT",),
-    "sentry.release": ("SENTRY_RELEASE",),
-    "sentry.traces_sample_rate": ("SENTRY_TRACES_SAMPLE_RATE",),
-    "sentry.ignore_errors": ("OMNII_OBS_SENTRY_IGNORE_ERRORS",),
-    "sentry.capture_status_codes": ("OMNII_OBS_SENTRY_CAPTURE_STATUS",),
-    "sentry.scrub_keys": ("OMNII_OBS_SENTRY_SCRUB_KEYS",),
-    "sentry.send_default_pii": ("OMNII_OBS_SENTRY_SEND_PII",),
-    "sentry.flush_timeout": ("OMNII_OBS_SENTRY_FLUSH_TIMEOUT",),
-    "tracing.enabled": ("OMNII_OBS_TRACING",),
-    "tracing.otlp_endpoint": ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
-    "tracing.otlp_headers": ("OTEL_EXPORTER_OTLP_HEADERS",),
-    "tracing.console": ("OMNII_OBS_TRACES_CONSOLE",),
-    "tracing.shutdown_timeout": ("OMNII_OBS_SHUTDOWN_TIMEOUT",),
-    "tracing.export_timeout": ("OMNII_OBS_EXPORT_TIMEOUT",),
-    "tracing.use_global_provider": ("OMNII_OBS_USE_APP_PROVIDER",),
-}
-
 
 @dataclass(frozen=True)
 class ConfigRow:
@@ -121,56 +91,34 @@ def _leaves(struct: msgspec.Struct, prefix: str = "") -> Iterator[tuple[str, Any
             yield f"{prefix}{field.name}", value
 
 
-def _ranges(codes: frozenset[int]) -> str:
-    spans: list[list[int]] = []
-    for code in sorted(codes):
-        if spans and code == spans[-1][1] + 1:
-            spans[-1][1] = code
-        else:
-            spans.append([code, code])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
-
-
-def _display(name: str, value: Any) -> str:
-    """A setting's value as text, with the DSN's key and OTLP header values hidden."""
-    if value is None:
-        return "-"
-    if name in ("sentry.dsn", "tracing.otlp_endpoint"):
-        return redact_url(str(value)) or "-"
-    if name == "tracing.otlp_headers":
-        return ",".join(f"{key}=***" for key, _ in value) or "-"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, frozenset):
-        return _ranges(value)
-    if isinstance(value, tuple):
-        return ",".join(str(item) for item in value) or "-"
-    return str(value)
-
-
 def config_rows(config: ObservabilityConfig, environ: Mapping[str, str] | None = None) -> list[ConfigRow]:
-    """Every setting of ``config`` with where it came from.
+    """Every setting of ``config`` with where it came from, secrets hidden.
 
-    ``environment``: equal to what ``from_env`` reads and its variable is set; ``default``: equal to
-    ``ObservabilityConfig()`` and no variable set; anything else was set in code.
+    ``environment``: equal to what ``from_env`` reads from the variable that is set for it;
+    ``default``: equal to ``ObservabilityConfig()`` and no variable set; anything else was
+    set in code. Variables, precedence and redaction come from :data:`litestar_omnii_obs.env.VARIABLES`.
 
     Raises:
         ConfigError: when the environment is invalid.
     """
+    from litestar_omnii_obs.env import VARIABLES, display_value, read_environ
+
     environ = os.environ if environ is None else environ
-    from_env = dict(_leaves(ObservabilityConfig.from_env(environ)))
+    env_config, sources = read_environ(environ)
+    from_env = dict(_leaves(env_config))
     defaults = dict(_leaves(ObservabilityConfig()))
+    first_var: dict[str, str] = {}
+    for var in VARIABLES:
+        first_var.setdefault(var.field, var.name)
     rows: list[ConfigRow] = []
     for name, value in _leaves(config):
-        names = ENV_VARS.get(name, ())
-        set_vars = [var for var in names if environ.get(var, "") != ""]
+        set_by = sources.get(name)
         source: Source = "code"
-        if set_vars and value == from_env.get(name):
+        if set_by is not None and value == from_env.get(name):
             source = "environment"
-        elif not set_vars and value == defaults.get(name):
+        elif set_by is None and value == defaults.get(name):
             source = "default"
-        variable = set_vars[0] if set_vars else (names[0] if names else None)
-        rows.append(ConfigRow(name, _display(name, value), source, variable))
+        rows.append(ConfigRow(name, display_value(name, value), source, set_by or first_var.get(name)))
     return rows
 
 
@@ -195,9 +143,11 @@ def _short(exc: BaseException) -> str:
 
 
 def _otlp_target(config: ObservabilityConfig) -> str:
-    target = redact_url(config.tracing.otlp_endpoint) or "-"
+    from litestar_omnii_obs.env import display_value
+
+    target = redact_url(config.tracing.traces_endpoint) or "-"
     if config.tracing.otlp_headers:
-        target += " (headers " + _display("tracing.otlp_headers", config.tracing.otlp_headers) + ")"
+        target += " (headers " + display_value("tracing.otlp_headers", config.tracing.otlp_headers) + ")"
     return target
 
 
@@ -214,6 +164,10 @@ class _ExporterErrors(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.WARNING:
             message = record.getMessage()
+            reason = re.search(r" is failing \((.*)\); ", message)
+            if reason:
+                self.last[record.thread] = reason.group(1)[:160]
+                return
             code = re.search(r"StatusCode\.(\w+)", message)
             details = re.search(r"[Ee]rror details: (.*)", message)
             self.last[record.thread] = (
@@ -239,37 +193,24 @@ def _quiet_loggers(names: Sequence[str], handler: logging.Handler) -> Iterator[N
             logger.propagate = propagate
 
 
-def _resource_attributes(config: ObservabilityConfig) -> dict[str, str]:
-    return {
-        "service.name": config.service_name,
-        "service.version": config.version,
-        "deployment.environment.name": config.environment,
-    }
-
-
-def _exporter_args(config: ObservabilityConfig, timeout: float) -> dict[str, Any]:
-    endpoint = config.tracing.otlp_endpoint or ""
-    args: dict[str, Any] = {"endpoint": endpoint, "insecure": endpoint.startswith("http://"), "timeout": timeout}
-    if config.tracing.otlp_headers:  # else the exporter reads OTEL_EXPORTER_OTLP_HEADERS itself, as the app's does
-        args["headers"] = dict(config.tracing.otlp_headers)
-    return args
+def _bounded(config: ObservabilityConfig, timeout: float) -> ObservabilityConfig:
+    return msgspec.structs.replace(config, tracing=msgspec.structs.replace(config.tracing, export_timeout=timeout))
 
 
 def _check_traces(config: ObservabilityConfig, timeout: float, errors: _ExporterErrors) -> tuple[bool, str]:
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
+    """One span through the exporter the app builds (:func:`~litestar_omnii_obs.tracing.build_span_exporter`)."""
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExportResult
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-    provider = TracerProvider(
-        resource=Resource.create(_resource_attributes(config)), sampler=ALWAYS_ON, shutdown_on_exit=False
-    )
+    from litestar_omnii_obs.tracing import build_resource, build_span_exporter
+
+    provider = TracerProvider(resource=build_resource(config), sampler=ALWAYS_ON, shutdown_on_exit=False)
     span = provider.get_tracer("litestar_omnii_obs").start_span("litestar obs check", attributes={"omnii.check": True})
     span.end()
-    if not isinstance(span, ReadableSpan):  # pragma: no cover - ALWAYS_ON gives the SDK's recording span
+    exporter = build_span_exporter(_bounded(config, timeout), None)
+    if not isinstance(span, ReadableSpan) or exporter is None:  # pragma: no cover - ALWAYS_ON, endpoint set
         return False, "could not build a test span"
-    exporter = OTLPSpanExporter(**_exporter_args(config, timeout))
     try:
         ok = exporter.export([span]) is SpanExportResult.SUCCESS
     finally:
@@ -280,22 +221,21 @@ def _check_traces(config: ObservabilityConfig, timeout: float, errors: _Exporter
 
 
 def _check_metrics(config: ObservabilityConfig, timeout: float, errors: _ExporterErrors) -> tuple[bool, str]:
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    """One metric point through the exporter the app builds (``tracing.build_metric_exporter_for``)."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
-    from opentelemetry.sdk.resources import Resource
+
+    from litestar_omnii_obs.tracing import build_metric_exporter_for, build_resource
 
     reader = InMemoryMetricReader()
-    provider = MeterProvider(
-        resource=Resource.create(_resource_attributes(config)), metric_readers=[reader], shutdown_on_exit=False
-    )
+    provider = MeterProvider(resource=build_resource(config), metric_readers=[reader], shutdown_on_exit=False)
     counter = provider.get_meter("litestar_omnii_obs").create_counter("omnii.check", description="obs check point")
     counter.add(1, {"omnii.check": "true"})
     data = reader.get_metrics_data()
     provider.shutdown()
     if data is None:
         return False, "no metric point was produced"
-    exporter = OTLPMetricExporter(**_exporter_args(config, timeout))
+    exporter = build_metric_exporter_for(_bounded(config, timeout))
     try:
         ok = exporter.export(data, timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
     finally:
@@ -380,8 +320,10 @@ def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -
     The configured pipes run in parallel daemon threads, each bounded by ``timeout``; a pipe
     still busy a second after that is reported as failed, so the whole check is bounded.
     """
+    from litestar_omnii_obs._compat import SDK_EXPORT_LOGGERS
+
     errors = _ExporterErrors()
-    otlp = config.tracing.enabled and bool(config.tracing.otlp_endpoint)
+    otlp = config.tracing_active and bool(config.tracing.traces_endpoint)
     otlp_off = "OTEL_EXPORTER_OTLP_ENDPOINT not set" if config.tracing.enabled else "OMNII_OBS_TRACING=false"
     pipes: list[tuple[str, str, Callable[[], tuple[bool, str]] | None, str]] = [
         (
@@ -412,7 +354,7 @@ def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -
                 finished[pipe] = _timed(pipe, target, run)
 
             threads[pipe] = threading.Thread(target=work, name=f"omnii-obs-check-{pipe}", daemon=True)
-    with _quiet_loggers(("opentelemetry.exporter.otlp.proto.grpc.exporter",), errors):
+    with _quiet_loggers((*SDK_EXPORT_LOGGERS, "litestar_omnii_obs"), errors):
         for thread in threads.values():
             thread.start()
         deadline = time.monotonic() + timeout + 1.0
@@ -452,13 +394,14 @@ class _Warnings(logging.Handler):
 def send_test_error(config: ObservabilityConfig, message: str, timeout: float) -> tuple[str | None, str | None]:
     """Raise and report a test error through the request-error path; returns ``(event_id, failure)``.
 
-    Sentry is initialised by :func:`~litestar_omnii_obs.sentry.init_sentry` (same scrubber,
-    ``before_send``, ignored errors and transport as the app) and the error goes through
-    :func:`~litestar_omnii_obs.sentry.capture_error`; then the queue is flushed within ``timeout``.
+    Sentry is started by :func:`~litestar_omnii_obs.sentry.start_sentry` (same scrubber,
+    ``before_send``, ignored errors and transport as the app) and the error goes through the
+    reporter's ``capture``; then the queue is flushed within ``timeout``.
     """
     import sentry_sdk
 
     from litestar_omnii_obs import sentry
+    from litestar_omnii_obs._compat import QuietHttpTransport
 
     if not config.sentry.dsn:
         return None, "SENTRY_DSN is not set: there is nowhere to send a test error"
@@ -466,19 +409,20 @@ def send_test_error(config: ObservabilityConfig, message: str, timeout: float) -
     bounded = msgspec.structs.replace(config, sentry=msgspec.structs.replace(config.sentry, flush_timeout=timeout))
     warnings = _Warnings()
     with _quiet_loggers(("litestar_omnii_obs",), warnings):
-        sentry.init_sentry(bounded)
+        reporter = sentry.start_sentry(bounded)
+        assert reporter is not None  # a DSN is set
         try:
             raise ObservabilityTestError(message)
         except ObservabilityTestError as exc:
-            event_id = sentry.capture_error(exc, tags={"omnii.test_error": "true"})
+            event_id = reporter.capture(exc, tags={"omnii.test_error": "true"})
         transport = sentry_sdk.get_client().transport
         started = time.monotonic()
-        sentry.flush_sentry(timeout)
+        sentry_sdk.flush(timeout=timeout)
         drained = time.monotonic() - started < timeout * 0.98  # flush returns early once the queue is empty
-        sentry_sdk.get_client().close(timeout=0.0)  # nothing left to wait for at exit
+        reporter.close()
     if event_id is None:
         return None, "the event was dropped before sending (an ignored error type or a before_send hook)"
-    if isinstance(transport, sentry.QuietHttpTransport) and transport._failing:  # pyright: ignore[reportPrivateUsage]
+    if isinstance(transport, QuietHttpTransport) and transport._failing:  # pyright: ignore[reportPrivateUsage]
         reasons = [m.group(1) for m in map(_SEND_FAILED.search, warnings.messages) if m]
         return event_id, f"Sentry did not accept it: {reasons[-1] if reasons else 'the send failed'}"
     if not drained:

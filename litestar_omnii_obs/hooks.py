@@ -34,8 +34,10 @@ from opentelemetry.propagate import extract
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
 
-from litestar_omnii_obs import sentry
-from litestar_omnii_obs.metrics import ApiLatencyMetric, submit_metric
+from litestar_omnii_obs import runtime
+from litestar_omnii_obs.records import ApiLatencyMetric
+from litestar_omnii_obs.scrubbing import SecretScrubber
+from litestar_omnii_obs.sentry import request_logger
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,23 +46,38 @@ if TYPE_CHECKING:
     from litestar_omnii_obs.config import ObservabilityConfig
     from litestar_omnii_obs.tracing import Telemetry
 
-__all__ = ["RequestObserver"]
+__all__ = ["ObserverMiddleware", "RequestObserver", "method_label"]
 
 _logger = logging.getLogger("litestar_omnii_obs")
 
 _KEY = "omnii_obs"  # the request's _Exchange, kept in the ASGI scope
 _WANTED_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage", b"user-agent", b"x-request-id", b"host"})
 _REQUEST_ID_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:"
+#: The methods the HTTP semantic conventions know; any other (clients choose them) is ``_OTHER``.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+_MAX_ORIGINAL_METHOD = 64
 
 
-def _request_attributes(scope: Scope, method: str, route: str | None, headers: dict[str, str]) -> dict[str, Any]:
+def method_label(method: str) -> str:
+    """``method`` if the semantic conventions know it, else ``_OTHER`` (a bounded label)."""
+    return method if method in KNOWN_METHODS else "_OTHER"
+
+
+def _request_attributes(
+    scope: Scope, method: str, route: str | None, headers: dict[str, str], query: str
+) -> dict[str, Any]:
     """HTTP semantic-convention attributes of a server span."""
+    label = method_label(method)
     attributes: dict[str, Any] = {
-        "http.request.method": method,
+        "http.request.method": label,
         "url.path": scope["path"],
         "url.scheme": scope["scheme"],
         "network.protocol.version": scope["http_version"],
     }
+    if label != method:
+        attributes["http.request.method_original"] = method[:_MAX_ORIGINAL_METHOD]
+    if query:
+        attributes["url.query"] = query
     if route is not None:
         attributes["http.route"] = route
     server = scope.get("server")
@@ -94,12 +111,13 @@ _GETTER = _HeaderGetter()
 class _Exchange:
     """What one request needs between its first and last message."""
 
-    __slots__ = ("exc", "route", "span", "start", "status")
+    __slots__ = ("exc", "method", "route", "span", "start", "status")
 
-    def __init__(self, start: float, span: Span | None, route: str) -> None:
+    def __init__(self, start: float, span: Span | None, route: str, method: str) -> None:
         self.start = start
         self.span = span
         self.route = route
+        self.method = method
         self.status = 500
         self.exc: BaseException | None = None
 
@@ -130,12 +148,16 @@ class RequestObserver:
         self._opt_key = latency.opt_key
         self._unmatched = latency.unmatched_route
         self._record_latency = latency.enabled
+        self._log_errors = latency.log_server_errors
         self._capture_statuses = config.sentry.capture_status_codes
+        self._scrubber = SecretScrubber(config.sentry.scrub_keys)
+        self._runtime: runtime.Runtime | None = None
         self._telemetry: Telemetry | None = None
         self._failed = False
 
-    def bind(self, telemetry: Telemetry | None) -> None:
-        """Use ``telemetry`` for spans and OTLP metrics (the lifespan calls this at start-up)."""
+    def bind(self, app_runtime: runtime.Runtime | None, telemetry: Telemetry | None) -> None:
+        """Use this app's runtime and telemetry (the lifespan calls this at start-up and shutdown)."""
+        self._runtime = app_runtime
         self._telemetry = telemetry
 
     def is_excluded(self, path: str) -> bool:
@@ -147,8 +169,12 @@ class RequestObserver:
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Litestar middleware factory: the outermost layer of each route (see :class:`ObserverMiddleware`)."""
         opt_key = self._opt_key
+        set_current = runtime.set_current
 
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:
+            app_runtime = self._runtime
+            if app_runtime is not None:
+                set_current(app_runtime)  # log_metric & co. in this request find this app
             if (
                 scope["type"] != ScopeType.HTTP
                 or self.is_excluded(scope["path"])
@@ -186,6 +212,8 @@ class RequestObserver:
         exchange: _Exchange | None = state.get(_KEY)
         try:
             if exchange is None and "path_template" not in state and not self.is_excluded(scope["path"]):
+                if self._runtime is not None:
+                    runtime.set_current(self._runtime)
                 exchange = state[_KEY] = self._open(scope, None)
         except Exception:
             self._log_failure()
@@ -214,21 +242,25 @@ class RequestObserver:
     # ------------------------------------------------------------------ internals
 
     def _open(self, scope: Scope, route: str | None) -> _Exchange:
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
+        label = method if method in KNOWN_METHODS else "_OTHER"
         telemetry = self._telemetry
         if telemetry is None:
-            return _Exchange(perf_counter(), None, self._unmatched if route is None else route)
+            return _Exchange(perf_counter(), None, self._unmatched if route is None else route, label)
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:
             if name in _WANTED_HEADERS:
                 headers[name.decode("latin-1")] = value.decode("latin-1")
-        method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
         parent = extract(headers, getter=_GETTER) if "traceparent" in headers else None
+        prefix = label if label != "_OTHER" else "HTTP"
         span = telemetry.tracer.start_span(
-            f"{method} {route}" if route is not None else method, context=parent, kind=SpanKind.SERVER
+            f"{prefix} {route}" if route is not None else prefix, context=parent, kind=SpanKind.SERVER
         )
         if span.is_recording():  # attributes only for spans that will be exported
-            span.set_attributes(_request_attributes(scope, method, route, headers))
-        return _Exchange(perf_counter(), span, self._unmatched if route is None else route)
+            raw_query: bytes = scope.get("query_string", b"")
+            query = self._scrubber.scrub_query(raw_query.decode("latin-1")) if raw_query else ""
+            span.set_attributes(_request_attributes(scope, method, route, headers, query))
+        return _Exchange(perf_counter(), span, self._unmatched if route is None else route, label)
 
     def _close(self, state: dict[str, Any], exchange: _Exchange) -> None:
         """Write the latency record and end the span; exactly once per request."""
@@ -236,49 +268,77 @@ class RequestObserver:
             del state[_KEY]
             duration = perf_counter() - exchange.start
             route = exchange.route
-            method = state["method"]
             status = exchange.status
             span = exchange.span
+            exc = exchange.exc
+            error = type(exc).__qualname__ if status >= 500 and exc is not None else None
             if self._record_latency:
-                submit_metric(
-                    ApiLatencyMetric(route=route, method=method, status=status, duration=round(duration * 1000.0, 3)),
+                (self._runtime or runtime.current()).record(
+                    ApiLatencyMetric(
+                        route=route,
+                        method=exchange.method,
+                        status=status,
+                        duration=round(duration * 1000.0, 3),
+                        error=error,
+                    ),
                     INVALID_SPAN_CONTEXT if span is None else span.get_span_context(),
                 )
+            if status >= 500 and exc is not None and self._log_errors:
+                self._log_server_error(state, exchange, exc)
             durations = None if self._telemetry is None else self._telemetry.request_duration
             if durations is not None:
-                durations.record(duration, method, route, status)
+                error_type = error if error is not None or status < 500 else str(status)
+                durations.record(duration, exchange.method, route, status, state["scheme"], error_type)
             if span is not None:
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
-                    if exchange.exc is not None:
-                        span.record_exception(exchange.exc)
-                        span.set_attribute("error.type", type(exchange.exc).__qualname__)
-                    else:
-                        span.set_attribute("error.type", str(status))
+                    if exc is not None:
+                        span.record_exception(exc)
+                    span.set_attribute("error.type", error or str(status))
                     span.set_status(Status(StatusCode.ERROR))
                 span.end()
         except Exception:
             self._log_failure()
 
+    def _log_server_error(self, state: dict[str, Any], exchange: _Exchange, exc: BaseException) -> None:
+        span = exchange.span
+        trace_id = f"{span.get_span_context().trace_id:032x}" if span is not None else "-"
+        request_logger.error(
+            "%s %s -> %d: %s (trace_id=%s)",
+            exchange.method,
+            exchange.route,
+            exchange.status,
+            type(exc).__qualname__,
+            trace_id,
+            exc_info=exc,
+        )
+
     def _report(self, state: dict[str, Any], exchange: _Exchange) -> None:
-        if not sentry.sentry_enabled() or exchange.exc is None:
+        reporter = None if self._runtime is None else self._runtime.sentry
+        if reporter is None or exchange.exc is None:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in state["headers"]}
         host = headers.get("host", "")
         span = exchange.span
         user = state.get("user")
         user_id = getattr(user, "id", None) if not isinstance(user, dict) else user.get("id")
-        sentry.capture_request_error(
-            exchange.exc,
-            method=state["method"],
-            route=exchange.route,
-            url=f"{state['scheme']}://{host}{state.get('root_path', '')}{state['path']}",
-            query_string=state.get("query_string", b"").decode("latin-1"),
-            status=exchange.status,
-            headers=headers,
-            user_id=None if user_id is None else str(user_id),
-            trace_id=None if span is None else f"{span.get_span_context().trace_id:032x}",
-        )
+        # The request's span is current, so the event carries its trace and span id.
+        token = None if span is None else otel_context.attach(trace.set_span_in_context(span))
+        try:
+            reporter.capture_request_error(
+                exchange.exc,
+                method=exchange.method,
+                route=exchange.route,
+                url=f"{state['scheme']}://{host}{state.get('root_path', '')}{state['path']}",
+                query_string=state.get("query_string", b"").decode("latin-1"),
+                status=exchange.status,
+                headers=headers,
+                user_id=None if user_id is None else str(user_id),
+                trace_id=None if span is None else f"{span.get_span_context().trace_id:032x}",
+            )
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     def _mount_label(self, state: dict[str, Any]) -> str:
         """Litestar leaves ``path_template`` empty for mounted apps: use the mount path."""

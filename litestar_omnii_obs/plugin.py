@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 
 from litestar.plugins import CLIPluginProtocol, InitPlugin
 
-from litestar_omnii_obs import metrics, sentry, tracing
+from litestar_omnii_obs import runtime, sentry, tracing
+from litestar_omnii_obs._bounded import run_bounded
 from litestar_omnii_obs.cli import add_obs_commands
 from litestar_omnii_obs.config import ObservabilityConfig
 from litestar_omnii_obs.hooks import ObserverMiddleware, RequestObserver
+from litestar_omnii_obs.sink import MetricWriter
 
 if TYPE_CHECKING:
     from click import Group
@@ -31,14 +33,17 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
     it starts before anything else and stops last), its middleware goes outermost, and
     its ``before_send``/``after_exception`` hooks are appended after the user's.
     Nothing the user set is replaced. The SDKs start in the lifespan, so each worker
-    process initialises its own after a fork.
+    process initialises its own after a fork. Everything the lifespan starts belongs to
+    this instance: two apps in one process keep their own sinks, labels and providers.
     """
 
-    __slots__ = ("config", "observer")
+    __slots__ = ("config", "observer", "runtime")
 
     def __init__(self, config: ObservabilityConfig | None = None) -> None:
         self.config = config if config is not None else ObservabilityConfig()
         self.observer = RequestObserver(self.config)
+        self.runtime: runtime.Runtime | None = None
+        """What this app started (writer, tracer provider, Sentry reporter) while it runs; else ``None``."""
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.lifespan.insert(0, self.lifespan)
@@ -55,25 +60,69 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
 
     @asynccontextmanager
     async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
-        """Start the SDKs before the first request; flush everything at shutdown, in reverse."""
+        """Start this app's writer, Sentry and providers before the first request; stop them in reverse.
+
+        Everything started here belongs to this plugin instance and is undone at shutdown,
+        each step off the event loop and bounded by its timeout, so a blocked sink or a dead
+        peer cannot hold the shutdown.
+        """
         config = self.config
+        capture = runtime.active_capture()
+        app_runtime = runtime.Runtime(config, MetricWriter(config))
         async with AsyncExitStack() as stack:
-            metrics.configure_metrics(config)
-            stack.callback(metrics.flush_metrics)
-            if sentry.init_sentry(config, use_otel=config.tracing.enabled):
-                stack.callback(sentry.flush_sentry, config.sentry.flush_timeout)
-            if config.tracing.enabled:
-                processor = sentry.sentry_span_processor(config) if sentry.sentry_enabled() else None
-                telemetry = tracing.setup_telemetry(config, [processor] if processor else [])
+            stack.push_async_callback(self._close_writer, app_runtime)
+            if capture is not None:
+                app_runtime.metric_observers.append(capture.on_metric)
+            reporter = sentry.start_sentry(config, None if capture is None else capture.sentry_transport())
+            if reporter is not None:
+                app_runtime.sentry = reporter
+                stack.push_async_callback(_close_sentry, reporter)
+                app_runtime.operation_observers.append(sentry.breadcrumb)
+            telemetry = None
+            if config.tracing_active:
+                processor = None if reporter is None else reporter.span_processor()
+                telemetry = tracing.setup_telemetry(
+                    config,
+                    [processor] if processor else [],
+                    None if capture is None else capture.span_exporter(),
+                    None if reporter is None or config.sentry.traces != "otlp" else config.sentry.dsn,
+                )
                 stack.push_async_callback(telemetry.shutdown)
-                self.observer.bind(telemetry)
-                stack.callback(self.observer.bind, None)
-                metrics.set_tracer(telemetry.tracer)
-                stack.callback(metrics.set_tracer, None)
+                app_runtime.tracer = telemetry.tracer
+                app_runtime.tracer_provider = telemetry.tracer_provider
+                telemetry.pending_lines = app_runtime.writer.pending
                 if telemetry.records_metrics:
-                    stack.callback(metrics.add_observers(telemetry.record_operation, telemetry.record_metric))
-                stack.callback(tracing.install_log_correlation())
+                    app_runtime.operation_observers.append(telemetry.record_operation)
+                    app_runtime.metric_observers.append(telemetry.record_metric)
+                stack.callback(tracing.log_correlation.acquire())
+            elif config.tracing.enabled:
+                _logger.warning("OTEL_SDK_DISABLED is set: no spans and no OTLP export (latency records stay)")
+            self.observer.bind(app_runtime, telemetry)
+            stack.callback(self.observer.bind, None, None)
+            runtime.enter(app_runtime)
+            stack.callback(runtime.leave, app_runtime)
+            self.runtime = app_runtime
+            stack.callback(setattr, self, "runtime", None)
             yield
+
+    @staticmethod
+    async def _close_writer(app_runtime: runtime.Runtime) -> None:
+        writer = app_runtime.writer
+        timeout = app_runtime.config.metrics.shutdown_timeout
+        if not await run_bounded(writer.close, timeout, "metrics-close"):
+            _logger.error(
+                "metric sink %r blocked for %.1fs at shutdown; %d metric line(s) lost",
+                writer.sink,
+                timeout,
+                writer.pending(),
+            )
+
+
+async def _close_sentry(reporter: sentry.SentryReporter) -> None:
+    timeout = reporter.config.sentry.flush_timeout
+    # The bound has a margin: sentry-sdk's own flush gives up after ``timeout`` first.
+    if not await run_bounded(reporter.close, timeout + 1.0, "sentry-flush"):
+        _logger.warning("Sentry flush reached its %.1fs bound; events still queued were dropped", timeout)
 
 
 def _drop_sentry_litestar_hooks(app_config: AppConfig) -> None:

@@ -1,175 +1,125 @@
-"""OpenTelemetry providers built from the config: traces and metrics over OTLP/gRPC.
+"""OpenTelemetry providers built from the config, owned by one app.
 
-The plugin builds one :class:`Telemetry` in its lifespan. It owns a ``TracerProvider``
-(spans through a ``BatchSpanProcessor`` to the OTLP gRPC exporter) and, when an
-endpoint is set, a ``MeterProvider`` (a periodic reader to the OTLP metric exporter).
-The SDK keeps reading its own ``OTEL_*`` variables (sampler, batch sizes, headers,
-resource attributes), so they keep their spec meaning.
+The plugin builds one :class:`Telemetry` in its lifespan: a ``TracerProvider`` with the
+config's sampler, resource and batch sizes (handed over explicitly, so the config is
+the whole truth), spans through a ``BatchSpanProcessor`` to the OTLP exporters, and,
+when an endpoint is set, a ``MeterProvider`` exporting the request-duration histogram
+and the operation histograms.
+
+OpenTelemetry's global tracer provider can be set once per process, and users' own
+``trace.get_tracer(...)`` spans should nest under the request span of whichever app
+serves the request. So the global provider, set once, is :data:`APP_TRACER_PROVIDER`:
+it hands out tracers that delegate to the provider of the app current in that context
+(see :mod:`litestar_omnii_obs.runtime`). No app's provider is ever installed globally,
+so none is reused after it was shut down.
 
 A dead collector must never become the outage: exports run in the SDK's worker
-threads, the span queue is bounded, the exporter's per-batch retry warnings are
-replaced by one warning when export starts failing and one note when it recovers,
-dropped spans are counted and reported once, and shutdown gives up after
-``shutdown_timeout`` seconds instead of the exporter's retry budget.
+threads, the span queue is bounded, the SDK's per-batch warnings are replaced by one
+warning per outage and one note on recovery, dropped spans are counted and reported
+once, and shutdown gives up after ``shutdown_timeout`` seconds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import bisect
-import contextlib
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    HistogramDataPoint,
-    Metric,
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
-    PeriodicExportingMetricReader,
-    ResourceMetrics,
-    ScopeMetrics,
-)
-from opentelemetry.sdk.metrics.export import Histogram as SdkHistogram
+from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
+    SimpleSpanProcessor,
     SpanExporter,
-    SpanExportResult,
 )
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.sdk.version import __version__ as sdk_version
 
-from litestar_omnii_obs._otlp import FastOTLPSpanExporter
-from litestar_omnii_obs.config import ObservabilityConfig, redact_url
+from litestar_omnii_obs import runtime
+from litestar_omnii_obs._bounded import run_bounded
+from litestar_omnii_obs._compat import ExportLogFilter, follow_config_not_environ
+from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_url
+from litestar_omnii_obs.durations import DurationsExporter, RequestDurations
+from litestar_omnii_obs.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, Target, build_metric_exporter
+from litestar_omnii_obs.records import GraphQueryMetric, Metric, SyncMetric
 
-__all__ = ["Telemetry", "install_log_correlation", "setup_telemetry"]
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Link, Span, SpanKind
+    from opentelemetry.util.types import Attributes
+
+    from litestar_omnii_obs._compat import AgnosticContextManager
+
+__all__ = [
+    "APP_TRACER_PROVIDER",
+    "Telemetry",
+    "build_metric_exporter_for",
+    "build_resource",
+    "build_sampler",
+    "build_span_exporter",
+    "setup_telemetry",
+]
 
 _logger = logging.getLogger("litestar_omnii_obs")
 
-#: Semantic-convention bucket boundaries for ``http.server.request.duration`` (seconds).
-HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
-# Loggers whose per-batch messages we replace with one message per outage.
-_NOISY_LOGGERS = (
-    "opentelemetry.exporter.otlp.proto.grpc.exporter",
-    "opentelemetry.sdk._shared_internal",
-    "opentelemetry.sdk.trace.export",
-)
+# --------------------------------------------------------------------------- sampling and resource
 
 
-class RequestDurations:
-    """``http.server.request.duration``, aggregated in-process and exported with the SDK's batch.
-
-    The SDK's ``Histogram.record`` costs 12-22 µs a call on the request path (attribute
-    hashing, view matching, exemplar reservoirs); this keeps the same cumulative
-    explicit-bucket histogram per (method, route, status) for about 1 µs and hands the
-    points to the OTLP metric exporter when the periodic reader exports.
-    """
-
-    def __init__(self, bounds: Sequence[float] = HTTP_DURATION_BUCKETS) -> None:
-        self.bounds = tuple(bounds)
-        self.start = time.time_ns()
-        self._lock = threading.Lock()
-        self._points: dict[tuple[str, str, int], list[Any]] = {}
-
-    def record(self, seconds: float, method: str, route: str, status: int) -> None:
-        index = bisect.bisect_left(self.bounds, seconds)
-        key = (method, route, status)
-        with self._lock:
-            point = self._points.get(key)
-            if point is None:
-                point = self._points[key] = [0, 0.0, seconds, seconds, [0] * (len(self.bounds) + 1)]
-            point[0] += 1
-            point[1] += seconds
-            point[2] = min(point[2], seconds)
-            point[3] = max(point[3], seconds)
-            point[4][index] += 1
-
-    def metric(self) -> Metric | None:
-        """A snapshot as an SDK ``Metric`` (cumulative), or ``None`` before the first request."""
-        now = time.time_ns()
-        with self._lock:
-            snapshot = [(key, list(point[:4]), list(point[4])) for key, point in self._points.items()]
-        if not snapshot:
-            return None
-        points = [
-            HistogramDataPoint(
-                attributes={"http.request.method": method, "http.route": route, "http.response.status_code": status},
-                start_time_unix_nano=self.start,
-                time_unix_nano=now,
-                count=count,
-                sum=total,
-                bucket_counts=buckets,
-                explicit_bounds=self.bounds,
-                min=low,
-                max=high,
-            )
-            for (method, route, status), (count, total, low, high), buckets in snapshot
-        ]
-        return Metric(
-            name="http.server.request.duration",
-            description="Duration of HTTP server requests.",
-            unit="s",
-            data=SdkHistogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE),
-        )
+def build_sampler(config: ObservabilityConfig) -> Sampler:
+    """The config's sampler; unset, parent-based by trace-id ratio at the Sentry traces rate."""
+    tracing = config.tracing
+    arg = 1.0 if tracing.sampler_arg is None else tracing.sampler_arg
+    name = tracing.sampler
+    if name is None:
+        rate = config.sentry_traces_sample_rate
+        return ParentBased(ALWAYS_ON if rate >= 1.0 else TraceIdRatioBased(rate))
+    if name == "always_on":
+        return ALWAYS_ON
+    if name == "always_off":
+        return ALWAYS_OFF
+    if name == "traceidratio":
+        return TraceIdRatioBased(arg)
+    if name == "parentbased_always_on":
+        return ParentBased(ALWAYS_ON)
+    if name == "parentbased_always_off":
+        return ParentBased(ALWAYS_OFF)
+    return ParentBased(TraceIdRatioBased(arg))
 
 
-def _with_extra(data: MetricsData, extra: Metric) -> MetricsData:
-    """``data`` plus ``extra`` in this package's scope (the OTLP encoder keys scopes by name)."""
-    if not data.resource_metrics:
-        return data
-    first, *rest = data.resource_metrics
-    scopes = list(first.scope_metrics)
-    for index, scope in enumerate(scopes):
-        if scope.scope.name == _SCOPE.name:
-            scopes[index] = ScopeMetrics(
-                scope=scope.scope, metrics=[*scope.metrics, extra], schema_url=scope.schema_url
-            )
-            break
-    else:
-        scopes.append(ScopeMetrics(scope=_SCOPE, metrics=[extra], schema_url=""))
-    merged = ResourceMetrics(resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url)
-    return MetricsData(resource_metrics=[merged, *rest])
+def build_resource(config: ObservabilityConfig) -> Resource:
+    """The resource from the config alone (``Resource.create`` would read ``os.environ``)."""
+    return Resource(
+        {
+            "telemetry.sdk.language": "python",
+            "telemetry.sdk.name": "opentelemetry",
+            "telemetry.sdk.version": sdk_version,
+            **dict(config.tracing.resource_attributes),
+            "service.name": config.service_name,
+            "service.version": config.version,
+            "deployment.environment.name": config.environment,
+        }
+    )
 
 
-_SCOPE = InstrumentationScope("litestar_omnii_obs")
+# --------------------------------------------------------------------------- outage reporting
 
 
-class _OutageReporter(logging.Filter):
-    """Swallows the SDK's per-batch export and queue-full messages; counts drops."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dropped = 0
-        self.drop_reported = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message.startswith("Queue full"):
-            self.dropped += 1
-            if not self.drop_reported:
-                self.drop_reported = True
-                _logger.warning("span queue full: spans are being dropped (counted; reported again at shutdown)")
-            return False
-        return not ("export" in message and ("Transient error" in message or "Failed to export" in message))
-
-
-class _ReportingExporter:
-    """Wraps an exporter: one warning when exports start failing, one note when they recover."""
+class OutageLog:
+    """One warning when exports start failing, one note when they recover."""
 
     def __init__(self, kind: str, target: str) -> None:
         self.kind = kind
@@ -189,237 +139,105 @@ class _ReportingExporter:
             _logger.warning("OTLP %s export to %s recovered", self.kind, self.target)
 
 
-class _GuardedSpanExporter(SpanExporter):
-    def __init__(self, inner: SpanExporter, target: str) -> None:
-        self.inner = inner
-        self.report = _ReportingExporter("trace", target)
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.inner.export(spans)
-        except Exception:
-            result = SpanExportResult.FAILURE
-        self.report.observe(result is SpanExportResult.SUCCESS)
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
+# --------------------------------------------------------------------------- the global provider
 
 
-class _GuardedMetricExporter(MetricExporter):
-    def __init__(self, inner: MetricExporter, target: str, durations: RequestDurations) -> None:
-        super().__init__(
-            preferred_temporality=inner._preferred_temporality,  # pyright: ignore[reportPrivateUsage]
-            preferred_aggregation=inner._preferred_aggregation,  # pyright: ignore[reportPrivateUsage]
-        )
-        self.inner = inner
-        self.durations = durations
-        self.report = _ReportingExporter("metric", target)
+class _AppTracer(trace.Tracer):
+    """A tracer that starts spans with the provider of the app current in this context."""
 
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        extra = self.durations.metric()
-        if extra is not None:
-            metrics_data = _with_extra(metrics_data, extra)
-        try:
-            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception:
-            result = MetricExportResult.FAILURE
-        self.report.observe(result is MetricExportResult.SUCCESS)
-        return result
+    def __init__(self, name: str, version: str | None, schema_url: str | None, attributes: Attributes) -> None:
+        self._args = (name, version, schema_url, attributes)
+        self._tracers: dict[int, tuple[TracerProvider, trace.Tracer]] = {}
 
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
-
-
-class Telemetry:
-    """The tracer, meter and instruments the request hooks and ``timed_operation`` use."""
-
-    def __init__(
-        self,
-        config: ObservabilityConfig,
-        tracer_provider: TracerProvider | None,
-        meter_provider: MeterProvider | None,
-        owned: bool,
-        reporter: _OutageReporter,
-        durations: RequestDurations | None = None,
-    ) -> None:
-        self.config = config
-        self.tracer_provider = tracer_provider
-        self.meter_provider = meter_provider
-        self.owned = owned
-        self._reporter = reporter
-        provider: trace.TracerProvider = tracer_provider or trace.get_tracer_provider()
-        self.tracer = provider.get_tracer("litestar_omnii_obs")
-        meter: Meter = (meter_provider or NoOpMeterProvider()).get_meter("litestar_omnii_obs")
-        self.request_duration = durations
-        meter.create_observable_gauge(
-            "omnii.metrics.queue_size",
-            callbacks=[_queue_size],
-            description="Metric lines waiting for the background writer.",
-        )
-        self.operation_duration = meter.create_histogram(
-            "omnii.operation.duration", unit="ms", description="Duration of timed_operation work."
-        )
-        self.graph_query_duration = meter.create_histogram(
-            "omnii.graph_query.duration", unit="ms", description="Duration of graph queries."
-        )
-        self.sync_duration = meter.create_histogram(
-            "omnii.sync.duration", unit="ms", description="Duration of sync jobs."
-        )
-        self.records_metrics = meter_provider is not None and durations is not None
-
-    def record_operation(self, name: str, duration: float, exc: BaseException | None) -> None:
-        """``timed_operation`` observer: one histogram point per operation."""
-        self.operation_duration.record(duration, {"operation": name, "outcome": "error" if exc is not None else "ok"})
-
-    def record_metric(self, metric: object) -> None:
-        """``log_metric`` observer: graph-query and sync records feed their histograms."""
-        from litestar_omnii_obs.metrics import GraphQueryMetric, SyncMetric
-
-        if isinstance(metric, GraphQueryMetric):
-            self.graph_query_duration.record(metric.duration, {"query_type": metric.query_type})
-        elif isinstance(metric, SyncMetric):
-            self.sync_duration.record(metric.duration, {"source": metric.source})
-
-    async def shutdown(self) -> None:
-        """Flush and shut both providers down, giving up after ``shutdown_timeout``."""
-        if not self.owned:
-            return
-        done = asyncio.get_running_loop().create_future()
-        loop = asyncio.get_running_loop()
-
-        def run() -> None:
-            try:
-                if self.tracer_provider is not None:
-                    self.tracer_provider.shutdown()
-                if self.meter_provider is not None:
-                    self.meter_provider.shutdown(timeout_millis=self.config.tracing.shutdown_timeout * 1000)
-            except Exception:
-                _logger.exception("OpenTelemetry shutdown failed")
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop closed after we gave up waiting
-                    loop.call_soon_threadsafe(_resolve, done)
-
-        # A daemon thread: a dead collector must not hold the process after we give up.
-        threading.Thread(target=run, name="omnii-obs-otel-shutdown", daemon=True).start()
-        try:
-            await asyncio.wait_for(asyncio.shield(done), self.config.tracing.shutdown_timeout)
-        except TimeoutError:
-            _logger.warning(
-                "OpenTelemetry shutdown did not finish within %.1fs; unsent spans are dropped",
-                self.config.tracing.shutdown_timeout,
+    def _delegate(self) -> trace.Tracer:
+        provider = runtime.current().tracer_provider
+        if provider is None:
+            return trace.NoOpTracer()
+        cached = self._tracers.get(id(provider))
+        if cached is None or cached[0] is not provider:
+            name, version, schema_url, attributes = self._args
+            cached = self._tracers[id(provider)] = (
+                provider,
+                provider.get_tracer(name, version, schema_url, attributes),
             )
-        if self._reporter.dropped:
-            _logger.warning("%d span(s) were dropped because the export queue was full", self._reporter.dropped)
-        for name in _NOISY_LOGGERS:
-            logging.getLogger(name).removeFilter(self._reporter)
+        return cached[1]
 
-
-def _queue_size(options: CallbackOptions) -> Iterable[Observation]:
-    from litestar_omnii_obs.metrics import queued_lines
-
-    return [Observation(queued_lines())]
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _resource(config: ObservabilityConfig) -> Resource:
-    # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES; our keys win on conflict.
-    return Resource.create(
-        {
-            "service.name": config.service_name,
-            "service.version": config.version,
-            "deployment.environment.name": config.environment,
-        }
-    )
-
-
-def _exporter_args(config: ObservabilityConfig, endpoint: str) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "endpoint": endpoint,
-        "insecure": urlsplit(endpoint).scheme == "http",
-        "timeout": config.tracing.export_timeout,
-    }
-    if config.tracing.otlp_headers:
-        args["headers"] = dict(config.tracing.otlp_headers)
-    return args
-
-
-def setup_telemetry(config: ObservabilityConfig, extra_processors: Sequence[SpanProcessor] = ()) -> Telemetry:
-    """Build the providers ``config`` asks for (called from the plugin's lifespan)."""
-    reporter = _OutageReporter()
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).addFilter(reporter)
-
-    existing = trace.get_tracer_provider()
-    if config.tracing.use_global_provider and isinstance(existing, TracerProvider):
-        _logger.warning("using the application's own OpenTelemetry TracerProvider; not installing another")
-        for processor in extra_processors:
-            existing.add_span_processor(processor)
-        return Telemetry(config, None, None, owned=False, reporter=reporter)
-
-    endpoint = config.tracing.otlp_endpoint
-    resource = _resource(config)
-    # With nobody to receive spans, record none: trace ids still exist for X-Request-ID and logs.
-    consumers = bool(endpoint or config.tracing.console or extra_processors)
-    tracer_provider = TracerProvider(
-        resource=resource, shutdown_on_exit=False, sampler=None if consumers else ALWAYS_OFF
-    )
-    meter_provider: MeterProvider | None = None
-    durations: RequestDurations | None = None
-    if endpoint:
-        target = redact_url(endpoint) or endpoint
-        exporter = _GuardedSpanExporter(FastOTLPSpanExporter(**_exporter_args(config, endpoint)), target)
-        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-        durations = RequestDurations()
-        metrics_endpoint = config.tracing.otlp_metrics_endpoint or endpoint
-        metric_exporter = _GuardedMetricExporter(
-            OTLPMetricExporter(**_exporter_args(config, metrics_endpoint)),
-            redact_url(metrics_endpoint) or metrics_endpoint,
-            durations,
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        return self._delegate().start_span(
+            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
         )
-        meter_provider = MeterProvider(
-            resource=resource,
-            metric_readers=[PeriodicExportingMetricReader(metric_exporter)],
-            shutdown_on_exit=False,
-            exemplar_filter=AlwaysOffExemplarFilter(),
+
+    def start_as_current_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> AgnosticContextManager[Span]:
+        return self._delegate().start_as_current_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+            end_on_exit,
         )
-    elif config.tracing.console:
-        tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
-    else:
-        _logger.warning("OTEL_EXPORTER_OTLP_ENDPOINT is not set: spans are created for trace ids but not exported")
-    for processor in extra_processors:
-        tracer_provider.add_span_processor(processor)
-    if config.tracing.set_global_provider:
-        _set_global(tracer_provider)
-    return Telemetry(config, tracer_provider, meter_provider, owned=True, reporter=reporter, durations=durations)
 
 
-def _set_global(provider: TracerProvider) -> None:
-    """Install ``provider`` globally so spans users start nest under the request span."""
+class _AppTracerProvider(trace.TracerProvider):
+    """OpenTelemetry's global provider while this package is in charge of it."""
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Attributes = None,
+    ) -> trace.Tracer:
+        return _AppTracer(instrumenting_module_name, instrumenting_library_version, schema_url, attributes)
+
+
+APP_TRACER_PROVIDER = _AppTracerProvider()
+
+
+def _route_global_provider() -> None:
+    """Make :data:`APP_TRACER_PROVIDER` OpenTelemetry's global provider, if nobody set one."""
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        trace.set_tracer_provider(provider)
+        trace.set_tracer_provider(APP_TRACER_PROVIDER)
 
 
-def install_log_correlation() -> Callable[[], None]:
-    """Add ``trace_id``/``span_id`` to every log record made while a span is current.
+# --------------------------------------------------------------------------- log correlation
 
-    Returns the function that undoes it. Records made outside a span get empty strings,
-    so format strings that use the fields never fail.
-    """
-    previous = logging.getLogRecordFactory()
 
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
+class _LogCorrelation:
+    """Adds ``trace_id``/``span_id`` to log records; installed once while any app runs."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.previous: Callable[..., logging.LogRecord] | None = None
+
+    def factory(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        assert self.previous is not None
+        record = self.previous(*args, **kwargs)
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
             record.trace_id = f"{context.trace_id:032x}"
@@ -428,10 +246,214 @@ def install_log_correlation() -> Callable[[], None]:
             record.trace_id = record.span_id = ""
         return record
 
-    logging.setLogRecordFactory(factory)
+    def acquire(self) -> Callable[[], None]:
+        with self.lock:
+            self.users += 1
+            if self.users == 1:
+                self.previous = logging.getLogRecordFactory()
+                logging.setLogRecordFactory(self.factory)
+        released = False
 
-    def restore() -> None:
-        if logging.getLogRecordFactory() is factory:
-            logging.setLogRecordFactory(previous)
+        def release() -> None:
+            nonlocal released
+            with self.lock:
+                if released:
+                    return
+                released = True
+                self.users -= 1
+                if self.users == 0 and logging.getLogRecordFactory() == self.factory and self.previous:
+                    logging.setLogRecordFactory(self.previous)
 
-    return restore
+        return release
+
+
+log_correlation = _LogCorrelation()
+
+
+# --------------------------------------------------------------------------- the app's telemetry
+
+
+class Telemetry:
+    """The tracer, meter and instruments the request hooks and ``timed_operation`` use."""
+
+    def __init__(
+        self,
+        config: ObservabilityConfig,
+        tracer_provider: TracerProvider,
+        meter_provider: MeterProvider | None,
+        owned: bool,
+        log_filter: ExportLogFilter,
+        durations: RequestDurations | None = None,
+    ) -> None:
+        self.config = config
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.owned = owned
+        self._log_filter = log_filter
+        self.tracer = tracer_provider.get_tracer("litestar_omnii_obs")
+        self.request_duration = durations
+        self.records_metrics = meter_provider is not None and durations is not None
+        if meter_provider is not None:
+            meter = meter_provider.get_meter("litestar_omnii_obs")
+            meter.create_observable_gauge(
+                "omnii.metrics.queue_size",
+                callbacks=[self._queue_size],
+                description="Metric lines waiting for the background writer.",
+            )
+            self.operation_duration = meter.create_histogram(
+                "omnii.operation.duration", unit="ms", description="Duration of timed_operation work."
+            )
+            self.graph_query_duration = meter.create_histogram(
+                "omnii.graph_query.duration", unit="ms", description="Duration of graph queries."
+            )
+            self.sync_duration = meter.create_histogram(
+                "omnii.sync.duration", unit="ms", description="Duration of sync jobs."
+            )
+        self.pending_lines: Callable[[], int] = lambda: 0
+        self.span_exporter: FanOutSpanExporter | None = None
+
+    def _queue_size(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.pending_lines())]
+
+    def record_operation(self, name: str, duration: float, exc: BaseException | None) -> None:
+        """``timed_operation`` observer: one histogram point per operation."""
+        self.operation_duration.record(duration, {"operation": name, "outcome": "error" if exc is not None else "ok"})
+
+    def record_metric(self, metric: Metric) -> None:
+        """``log_metric`` observer: graph-query and sync records feed their histograms."""
+        if isinstance(metric, GraphQueryMetric):
+            self.graph_query_duration.record(metric.duration, {"query_type": metric.query_type})
+        elif isinstance(metric, SyncMetric):
+            self.sync_duration.record(metric.duration, {"source": metric.source})
+
+    async def shutdown(self) -> None:
+        """Flush and shut both providers down off the event loop, giving up after ``shutdown_timeout``."""
+        timeout = self.config.tracing.shutdown_timeout
+        if self.owned:
+
+            def work() -> None:
+                self.tracer_provider.shutdown()
+                if self.meter_provider is not None:
+                    self.meter_provider.shutdown(timeout_millis=timeout * 1000)
+
+            if not await run_bounded(work, timeout, "otel-shutdown"):
+                _logger.warning("OpenTelemetry shutdown did not finish within %.1fs; unsent spans are dropped", timeout)
+        if self._log_filter.dropped:
+            _logger.warning("%d span(s) were dropped because the export queue was full", self._log_filter.dropped)
+        if self.span_exporter is not None:
+            for target, count in self.span_exporter.dropped().items():
+                if count:
+                    _logger.warning("%d span(s) were not delivered to %s", count, target)
+        self._log_filter.remove()
+
+
+def build_span_exporter(config: ObservabilityConfig, sentry_dsn: str | None) -> FanOutSpanExporter | None:
+    """One exporter for the collector (first: its result is the export's) and Sentry's OTLP endpoint."""
+    tracing = config.tracing
+    targets: list[Target] = []
+    if tracing.traces_endpoint:
+        targets.append(
+            CollectorTarget(
+                tracing.otlp_endpoint,
+                traces_endpoint=tracing.otlp_traces_endpoint,
+                protocol=tracing.otlp_traces_protocol or tracing.otlp_protocol,
+                headers=dict(tracing.otlp_headers),
+                timeout=tracing.export_timeout,
+            )
+        )
+    rate = config.sentry_traces_sample_rate
+    if sentry_dsn and rate > 0:
+        targets.append(SentryTarget.from_dsn(sentry_dsn, rate=rate, timeout=tracing.export_timeout))
+    return FanOutSpanExporter(targets) if targets else None
+
+
+def build_metric_exporter_for(config: ObservabilityConfig) -> MetricExporter:
+    """The OTLP metric exporter for the config's metrics endpoint and protocol (also used by ``obs check``)."""
+    tracing = config.tracing
+    protocol = tracing.otlp_metrics_protocol or tracing.otlp_protocol
+    try:
+        return build_metric_exporter(
+            tracing.otlp_endpoint,
+            protocol,
+            dict(tracing.otlp_headers),
+            tracing.export_timeout,
+            metrics_endpoint=tracing.otlp_metrics_endpoint,
+        )
+    except ImportError as exc:
+        name = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL" if tracing.otlp_metrics_protocol else "OTEL_EXPORTER_OTLP_PROTOCOL"
+        raise ConfigError([(name, protocol, str(exc))]) from exc
+
+
+def setup_telemetry(
+    config: ObservabilityConfig,
+    extra_processors: Sequence[SpanProcessor] = (),
+    capture_exporter: SpanExporter | None = None,
+    sentry_dsn: str | None = None,
+) -> Telemetry:
+    """Build the providers ``config`` asks for (called from the plugin's lifespan).
+
+    ``capture_exporter`` (the pytest plugin's in-memory exporter) gets every recorded span
+    synchronously, beside the configured exporters. ``sentry_dsn``: the spans of the
+    traces Sentry keeps also go to that project's OTLP traces endpoint.
+    """
+    log_filter = ExportLogFilter()
+    log_filter.install()
+    tracing = config.tracing
+    existing = trace.get_tracer_provider()
+    if tracing.use_global_provider and isinstance(existing, TracerProvider):
+        _logger.warning("using the application's own OpenTelemetry TracerProvider; not installing another")
+        for processor in extra_processors:
+            existing.add_span_processor(processor)
+        return Telemetry(config, existing, None, owned=False, log_filter=log_filter)
+
+    endpoint = tracing.traces_endpoint
+    resource = build_resource(config)
+    exporter = build_span_exporter(config, sentry_dsn)
+    # With nobody to receive spans, record none: trace ids still exist for X-Request-ID and logs.
+    consumers = bool(exporter or tracing.console or extra_processors or capture_exporter)
+    tracer_provider = TracerProvider(
+        resource=resource, shutdown_on_exit=False, sampler=build_sampler(config) if consumers else ALWAYS_OFF
+    )
+    follow_config_not_environ(tracer_provider, False)
+    meter_provider: MeterProvider | None = None
+    durations: RequestDurations | None = None
+    if capture_exporter is not None:
+        tracer_provider.add_span_processor(SimpleSpanProcessor(capture_exporter))
+    if exporter is not None:
+        tracer_provider.add_span_processor(
+            BatchSpanProcessor(
+                exporter,
+                max_queue_size=tracing.bsp_max_queue_size,
+                schedule_delay_millis=tracing.bsp_schedule_delay,
+                max_export_batch_size=tracing.bsp_max_export_batch_size,
+                export_timeout_millis=tracing.bsp_export_timeout,
+            )
+        )
+    metrics_endpoint = tracing.metrics_endpoint
+    if metrics_endpoint:
+        durations = RequestDurations()
+        metric_exporter = DurationsExporter(
+            build_metric_exporter_for(config),
+            durations,
+            OutageLog("metric", redact_url(metrics_endpoint) or metrics_endpoint).observe,
+        )
+        meter_provider = MeterProvider(
+            resource=resource,
+            metric_readers=[PeriodicExportingMetricReader(metric_exporter)],
+            shutdown_on_exit=False,
+            exemplar_filter=AlwaysOffExemplarFilter(),
+        )
+        follow_config_not_environ(meter_provider, False)
+    if not endpoint and tracing.console:
+        tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    elif not endpoint and capture_exporter is None:
+        _logger.warning("OTEL_EXPORTER_OTLP_ENDPOINT is not set: spans are created for trace ids but not exported")
+    for processor in extra_processors:
+        tracer_provider.add_span_processor(processor)
+    if tracing.set_global_provider:
+        _route_global_provider()
+    telemetry = Telemetry(
+        config, tracer_provider, meter_provider, owned=True, log_filter=log_filter, durations=durations
+    )
+    telemetry.span_exporter = exporter
+    return telemetry

@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 import uvicorn
 from litestar import Litestar
+from litestar.testing import TestClient
+
+from litestar_omnii_obs import ObservabilityConfig, ObservabilityPlugin
 
 
 def free_port() -> int:
@@ -45,6 +48,14 @@ def serve(app: Litestar) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+@contextmanager
+def running_app(config: ObservabilityConfig, *handlers: Any) -> Iterator[TestClient[Litestar]]:
+    """An app with the plugin and ``handlers``, its lifespan running (in-process, Litestar's TestClient)."""
+    app = Litestar(route_handlers=list(handlers), plugins=[ObservabilityPlugin(config)])
+    with TestClient(app) as client:
+        yield client
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

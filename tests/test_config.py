@@ -76,7 +76,8 @@ def test_traces_specific_endpoint_wins_over_generic_one() -> None:
     config = ObservabilityConfig.from_env(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://b:4317"}
     )
-    assert config.tracing.otlp_endpoint == "http://b:4317"
+    assert config.tracing.traces_endpoint == "http://b:4317"
+    assert config.tracing.otlp_endpoint == "http://a:4317"
 
 
 @pytest.mark.parametrize(

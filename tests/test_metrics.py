@@ -26,20 +26,17 @@ from litestar_omnii_obs import (
     log_metric,
     timed_operation,
 )
-from litestar_omnii_obs.metrics import configure_metrics
-from tests.conftest import read_lines, serve
+from tests.conftest import read_lines, running_app, serve
 
 
 @pytest.fixture
 def metrics_file(sink: Path) -> Iterator[Path]:
-    configure_metrics(
-        ObservabilityConfig(
-            service_name="svc", environment="test", metrics=MetricsConfig(sink=str(sink), flush_interval=0.01)
-        )
+    """A running app whose sink is ``sink``; code outside any request writes to it, as the only running app."""
+    config = ObservabilityConfig(
+        service_name="svc", environment="test", metrics=MetricsConfig(sink=str(sink), flush_interval=0.01)
     )
-    yield sink
-    flush_metrics()
-    configure_metrics(ObservabilityConfig())
+    with running_app(config):
+        yield sink
 
 
 def test_each_record_kind_is_one_json_line_with_common_fields(metrics_file: Path) -> None:
@@ -154,13 +151,10 @@ def test_lines_queued_at_shutdown_are_written(metrics_file: Path) -> None:
 
 
 def test_a_full_queue_drops_and_counts_instead_of_growing(sink: Path, obs_log: list[object]) -> None:
-    configure_metrics(ObservabilityConfig(metrics=MetricsConfig(sink=str(sink), max_queue=10, flush_interval=60)))
-    try:
+    with running_app(ObservabilityConfig(metrics=MetricsConfig(sink=str(sink), max_queue=10, flush_interval=60))):
         for i in range(25):
             log_metric(OperationMetric(operation=f"op{i}", duration=1.0))
         flush_metrics()
-    finally:
-        configure_metrics(ObservabilityConfig())
     assert len(read_lines(sink)) == 10
     messages = [r.getMessage() for r in obs_log]  # type: ignore[attr-defined]
     assert sum("queue full" in m for m in messages) == 1
@@ -184,10 +178,7 @@ def test_lines_arrive_when_config_and_plugin_are_made_before_the_app(sink: Path)
 
 
 def test_off_sink_writes_nothing(sink: Path) -> None:
-    configure_metrics(ObservabilityConfig(metrics=MetricsConfig(sink="off")))
-    try:
+    with running_app(ObservabilityConfig(metrics=MetricsConfig(sink="off"))):
         log_metric(OperationMetric(operation="x", duration=1.0))
         flush_metrics()
-    finally:
-        configure_metrics(ObservabilityConfig())
     assert not sink.exists()

@@ -100,9 +100,3 @@ def test_a_target_taking_every_span_reuses_the_whole_request() -> None:
     assert batch.request(None) is whole
     assert ExportTraceServiceRequest.FromString(whole) == sdk_encode(spans)
     assert whole == encode_spans(spans)
-
-
-def test_the_old_module_still_exports_the_encoder() -> None:
-    from litestar_omnii_obs import _otlp
-
-    assert _otlp.encode_spans is encode_spans

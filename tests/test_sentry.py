@@ -294,10 +294,40 @@ def test_no_duplicate_when_the_user_also_initialised_sentry(ingest: SentryIngest
     assert [exception_types(e) for e in ingest.events()] == [["RuntimeError"]]
 
 
-def test_performance_data_comes_from_the_same_otel_spans(ingest: SentryIngest, sink: Path) -> None:
+def test_performance_data_goes_to_sentrys_otlp_endpoint_from_the_same_spans(ingest: SentryIngest, sink: Path) -> None:
     with OtlpReceiver() as receiver:
         tracing = TracingConfig(otlp_endpoint=receiver.endpoint)
         app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=1.0, tracing=tracing))
+        with serve(app) as url, httpx.Client(base_url=url) as client:
+            request_ids = [client.get(f"/users/{i}").headers["x-request-id"] for i in range(3)]
+        sentry_spans = ingest.wait_for_otlp_spans(3)
+        spans = receiver.spans()
+    assert sorted(s.trace_id for s in spans) == sorted(request_ids)
+    assert sorted((s.trace_id, s.span_id, s.name) for s in sentry_spans) == sorted(
+        (s.trace_id, s.span_id, s.name) for s in spans
+    )
+    assert ingest.transactions() == []  # no second tracer: sentry-sdk's span processor is not on this path
+    [request] = {r.sentry_key for r in ingest.otlp_requests()}
+    assert request == ingest.dsn.split("//")[1].split("@")[0]
+
+
+def test_error_event_links_to_the_span_that_was_current(ingest: SentryIngest, sink: Path) -> None:
+    with OtlpReceiver() as receiver:
+        tracing = TracingConfig(otlp_endpoint=receiver.endpoint)
+        app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=1.0, tracing=tracing))
+        with serve(app) as url:
+            response = httpx.get(url + "/boom")
+        [event] = ingest.wait_for_events(1)
+        [span] = [s for s in receiver.spans() if s.name == "GET /boom"]
+    assert response.status_code == 500
+    assert event["contexts"]["trace"]["trace_id"] == response.headers["x-request-id"] == span.trace_id
+    assert event["contexts"]["trace"]["span_id"] == span.span_id
+
+
+def test_the_span_processor_path_still_works_when_chosen(ingest: SentryIngest, sink: Path) -> None:
+    with OtlpReceiver() as receiver:
+        tracing = TracingConfig(otlp_endpoint=receiver.endpoint)
+        app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=1.0, traces="sdk", tracing=tracing))
         with serve(app) as url, httpx.Client(base_url=url) as client:
             request_ids = [client.get(f"/users/{i}").headers["x-request-id"] for i in range(3)]
         transactions = ingest.wait_for_transactions(3)
@@ -305,6 +335,21 @@ def test_performance_data_comes_from_the_same_otel_spans(ingest: SentryIngest, s
     assert sorted(t["transaction"] for t in transactions) == ["GET /users/{user_id}"] * 3
     assert sorted(t["contexts"]["trace"]["trace_id"] for t in transactions) == sorted(request_ids)
     assert sorted(s.trace_id for s in spans) == sorted(request_ids)
+    assert ingest.otlp_spans() == []
+
+
+def test_sentry_traces_off_sends_errors_only(ingest: SentryIngest, sink: Path) -> None:
+    with OtlpReceiver() as receiver:
+        tracing = TracingConfig(otlp_endpoint=receiver.endpoint)
+        app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=1.0, traces="off", tracing=tracing))
+        with serve(app) as url, httpx.Client(base_url=url) as client:
+            for i in range(3):
+                client.get(f"/users/{i}")
+            client.get("/boom")
+        ingest.wait_for_events(1)
+        assert len([s for s in receiver.spans() if s.kind == "server"]) == 4
+    assert ingest.otlp_spans() == []
+    assert ingest.transactions() == []
 
 
 def test_sample_rate_zero_sends_no_transactions(ingest: SentryIngest, sink: Path) -> None:
@@ -328,8 +373,26 @@ def test_event_carries_the_authenticated_user_id(ingest: SentryIngest, sink: Pat
 
         return middleware
 
+    # Request-derived user data is personal data: only with send_default_pii.
+    app = app_with(config_for(ingest.dsn, sink, send_default_pii=True), middleware=[fake_auth])
+    with serve(app) as url:
+        assert httpx.get(url + "/boom").status_code == 500
+    [event] = ingest.events()
+    assert event["user"]["id"] == "u-77"
+
+
+def test_request_user_is_not_sent_without_pii(ingest: SentryIngest, sink: Path) -> None:
+    from litestar.types import ASGIApp, Receive, Scope, Send
+
+    def fake_auth(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["user"] = {"id": "u-77"}
+            await app(scope, receive, send)
+
+        return middleware
+
     app = app_with(config_for(ingest.dsn, sink), middleware=[fake_auth])
     with serve(app) as url:
         assert httpx.get(url + "/boom").status_code == 500
     [event] = ingest.events()
-    assert event["user"] == {"id": "u-77"}
+    assert "u-77" not in json.dumps(event)

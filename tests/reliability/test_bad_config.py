@@ -26,34 +26,14 @@ from litestar import Litestar, get
 from litestar.params import FromPath
 
 from litestar_omnii_obs import ConfigError, ObservabilityConfig, ObservabilityPlugin, capture_error
-from litestar_omnii_obs.config import KNOWN_PREFIXED
+from litestar_omnii_obs.env import VARIABLES
 from tests.conftest import free_port, read_lines, serve
 from tests.peers.otlp_receiver import OtlpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Variables read in ``_EnvReader.read`` that do not carry the package prefix.
-UNPREFIXED = (
-    "APP_ENV",
-    "APP_VERSION",
-    "SENTRY_DSN",
-    "SENTRY_ENVIRONMENT",
-    "SENTRY_RELEASE",
-    "SENTRY_TRACES_SAMPLE_RATE",
-    "OTEL_SERVICE_NAME",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_HEADERS",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "OTEL_BSP_SCHEDULE_DELAY",
-    "OTEL_BSP_EXPORT_TIMEOUT",
-    "OTEL_BSP_MAX_QUEUE_SIZE",
-    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-)
-ALL_VARS = tuple(sorted(KNOWN_PREFIXED)) + UNPREFIXED
+ALL_VARS = tuple(var.name for var in VARIABLES)
 
 #: Validated by the package but read again by the OpenTelemetry SDK from the process environment: an accepted value
 #: is used by the SDK, so "the default applies" cannot be the outcome of a bad one; it must be a ConfigError.
@@ -83,6 +63,8 @@ BOOLS = (
     "OMNII_OBS_TRACING",
     "OMNII_OBS_TRACES_CONSOLE",
     "OMNII_OBS_USE_APP_PROVIDER",
+    "OMNII_OBS_LOG_ERRORS",
+    "OTEL_SDK_DISABLED",
 )
 FLOATS = (
     "SENTRY_TRACES_SAMPLE_RATE",
@@ -91,6 +73,7 @@ FLOATS = (
     "OMNII_OBS_SENTRY_FLUSH_TIMEOUT",
     "OMNII_OBS_SHUTDOWN_TIMEOUT",
     "OMNII_OBS_EXPORT_TIMEOUT",
+    "OMNII_OBS_METRICS_SHUTDOWN_TIMEOUT",
 )
 POSITIVE_INTS = (
     "OMNII_OBS_METRICS_MAX_QUEUE",
@@ -155,7 +138,16 @@ BAD_BY_KIND: dict[tuple[str, ...], tuple[str, ...]] = {
     ("OMNII_OBS_METRICS_SINK",): ("/no/such/dir/m.jsonl", "/tmp", "/"),
     ("OMNII_OBS_SENTRY_IGNORE_ERRORS",): ("Not An Error", "1abc", "a..b", "ValueError;KeyError", "-"),
     ("OMNII_OBS_SENTRY_CAPTURE_STATUS",): ("700", "599-500", "5xx", "-", "500-", "99", HUGE, "500,,502", "600"),
-    ("OMNII_OBS_SENTRY_SCRUB_KEYS",): (),  # any text is a list of keys
+    ("OMNII_OBS_SENTRY_SCRUB_KEYS",): (",", " , "),
+    ("OMNII_OBS_SENTRY_TRACES",): ("OTLP", "http", "on", "1", "otlp "),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"): (
+        "http",
+        "http/json",
+        "GRPC",
+        "grpc ",
+        "h2",
+    ),
+    ("OTEL_RESOURCE_ATTRIBUTES",): ("novalue", "=v", "a=b,c", "k=\u00e9\u00e9"),
 }
 
 
@@ -400,7 +392,7 @@ def test_an_accepted_config_really_starts(
     routes = [r["route"] for r in read_lines(sink) if r["metric"] == "api_latency"]
     assert routes == ["/users/{user_id}", "/report"] if config.sentry.dsn else ["/users/{user_id}"]
     user_spans = [s.trace_id for s in spans if s.name == "GET /users/{user_id}"]
-    if case == "sampler-always-off":
+    if case in ("sampler-always-off", "sentry-dsn"):  # a Sentry rate of 0 is also the default sampling ratio
         assert spans == []
     elif case == "sampler-ratio-half":
         assert user_spans in ([], [request_id])

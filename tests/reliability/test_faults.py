@@ -45,6 +45,9 @@ def base_env(receiver: OtlpReceiver, ingest: SentryIngest, sink: Path) -> dict[s
         "OMNII_OBS_METRICS_SINK": str(sink),
         "OMNII_OBS_EXPORT_TIMEOUT": "1",
         "OMNII_OBS_SHUTDOWN_TIMEOUT": "3",
+        # The load's /boom requests fail on purpose; their per-request ERROR lines are tested in
+        # tests/test_latency.py. Here every line counted must be about a fault.
+        "OMNII_OBS_LOG_ERRORS": "false",
     }
 
 

@@ -37,6 +37,8 @@ def env_for(receiver: OtlpReceiver, ingest: SentryIngest, sink: Path) -> dict[st
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "SENTRY_DSN": ingest.dsn,
         "OMNII_OBS_METRICS_SINK": str(sink),
+        # Every request must have its span here; production's default would sample 10% of traces.
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
         "OTEL_BSP_MAX_QUEUE_SIZE": "20000",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         # The ingest shares two cores with the load generator: give the final flush room.

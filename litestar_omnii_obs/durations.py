@@ -1,0 +1,161 @@
+"""``http.server.request.duration``, aggregated in-process and exported with the SDK's metrics.
+
+The SDK's ``Histogram.record`` costs 12-22 µs a call on the request path (attribute
+hashing, view matching, exemplar reservoirs); :class:`RequestDurations` keeps the same
+cumulative explicit-bucket histogram per attribute set for about 1 µs, and
+:class:`DurationsExporter` hands the points to the OTLP metric exporter each time the
+periodic reader exports. Series are capped like the SDK's own cardinality limit: past
+``max_series`` attribute sets, points go to one overflow series
+(``otel.metric.overflow=true``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.metrics.export import Histogram as SdkHistogram
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from litestar_omnii_obs._compat import exporter_preferences
+
+__all__ = ["HTTP_DURATION_BUCKETS", "DurationsExporter", "RequestDurations"]
+
+#: Semantic-convention bucket boundaries for ``http.server.request.duration`` (seconds).
+HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: The SDK's default cardinality limit per metric.
+MAX_SERIES = 2000
+
+SCOPE = InstrumentationScope("litestar_omnii_obs")
+_OVERFLOW: tuple[Any, ...] = ("overflow",)
+
+_Key = tuple[str, str, int, str, str | None]
+
+
+class RequestDurations:
+    """Cumulative histogram points keyed by (method, route, status, scheme, error type)."""
+
+    def __init__(self, bounds: Sequence[float] = HTTP_DURATION_BUCKETS, max_series: int = MAX_SERIES) -> None:
+        self.bounds = tuple(bounds)
+        self.max_series = max_series
+        self.start = time.time_ns()
+        self._lock = threading.Lock()
+        self._points: dict[tuple[Any, ...], list[Any]] = {}
+
+    def record(self, seconds: float, method: str, route: str, status: int, scheme: str, error: str | None) -> None:
+        index = bisect.bisect_left(self.bounds, seconds)
+        key: tuple[Any, ...] = (method, route, status, scheme, error)
+        with self._lock:
+            point = self._points.get(key)
+            if point is None:
+                if len(self._points) >= self.max_series:
+                    key = _OVERFLOW
+                    point = self._points.get(key)
+                if point is None:
+                    point = self._points[key] = [0, 0.0, seconds, seconds, [0] * (len(self.bounds) + 1)]
+            point[0] += 1
+            point[1] += seconds
+            point[2] = min(point[2], seconds)
+            point[3] = max(point[3], seconds)
+            point[4][index] += 1
+
+    @staticmethod
+    def _attributes(key: tuple[Any, ...]) -> dict[str, Any]:
+        if key == _OVERFLOW:
+            return {"otel.metric.overflow": True}
+        method, route, status, scheme, error = key
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "http.route": route,
+            "http.response.status_code": status,
+            "url.scheme": scheme,
+        }
+        if error is not None:
+            attributes["error.type"] = error
+        return attributes
+
+    def metric(self) -> Metric | None:
+        """A snapshot as an SDK ``Metric`` (cumulative), or ``None`` before the first request."""
+        now = time.time_ns()
+        with self._lock:
+            snapshot = [(key, list(point[:4]), list(point[4])) for key, point in self._points.items()]
+        if not snapshot:
+            return None
+        points = [
+            HistogramDataPoint(
+                attributes=self._attributes(key),
+                start_time_unix_nano=self.start,
+                time_unix_nano=now,
+                count=count,
+                sum=total,
+                bucket_counts=buckets,
+                explicit_bounds=self.bounds,
+                min=low,
+                max=high,
+            )
+            for key, (count, total, low, high), buckets in snapshot
+        ]
+        return Metric(
+            name="http.server.request.duration",
+            description="Duration of HTTP server requests.",
+            unit="s",
+            data=SdkHistogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE),
+        )
+
+
+def _with_extra(data: MetricsData, extra: Metric) -> MetricsData:
+    """``data`` plus ``extra`` in this package's scope (the OTLP encoder keys scopes by name)."""
+    if not data.resource_metrics:
+        return data
+    first, *rest = data.resource_metrics
+    scopes = list(first.scope_metrics)
+    for index, scope in enumerate(scopes):
+        if scope.scope.name == SCOPE.name:
+            scopes[index] = ScopeMetrics(
+                scope=scope.scope, metrics=[*scope.metrics, extra], schema_url=scope.schema_url
+            )
+            break
+    else:
+        scopes.append(ScopeMetrics(scope=SCOPE, metrics=[extra], schema_url=""))
+    merged = ResourceMetrics(resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url)
+    return MetricsData(resource_metrics=[merged, *rest])
+
+
+class DurationsExporter(MetricExporter):
+    """Wraps the OTLP metric exporter: adds the request durations to each export, reports outages once."""
+
+    def __init__(self, inner: MetricExporter, durations: RequestDurations, observe: Any) -> None:
+        super().__init__(**exporter_preferences(inner))
+        self.inner = inner
+        self.durations = durations
+        self.observe = observe
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        extra = self.durations.metric()
+        if extra is not None:
+            metrics_data = _with_extra(metrics_data, extra)
+        try:
+            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            result = MetricExportResult.FAILURE
+        self.observe(result is MetricExportResult.SUCCESS)
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)

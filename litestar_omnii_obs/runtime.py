@@ -1,0 +1,145 @@
+"""What one app's plugin started, and how code without the app at hand finds it.
+
+Each :class:`~litestar_omnii_obs.ObservabilityPlugin` builds a :class:`Runtime` in its
+lifespan: its metric writer and labels, its tracer, its Sentry reporter, its observers.
+``log_metric``, ``timed_operation`` and ``capture_error`` take no app argument, so they
+find the runtime of the app they run in: the plugin's middleware and lifespan set a
+context variable, which every task started from a request or from start-up inherits.
+Code outside any such context (a thread of its own, another event loop) gets the most
+recently started app that is still running; with no app running, a default writer to
+stdout (so a script that only calls ``log_metric`` still gets its lines).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Protocol
+
+from opentelemetry import trace
+
+from litestar_omnii_obs.config import ObservabilityConfig
+from litestar_omnii_obs.sink import MetricWriter
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from sentry_sdk.transport import Transport
+
+    from litestar_omnii_obs.records import Metric
+    from litestar_omnii_obs.sentry import SentryReporter
+
+__all__ = ["Capture", "Runtime", "current", "install_capture"]
+
+OperationObserver = Callable[[str, float, "BaseException | None"], None]
+MetricObserver = Callable[["Metric"], None]
+
+
+class Capture(Protocol):
+    """In-memory sinks that replace an app's real ones (the pytest plugin provides one)."""
+
+    def on_metric(self, metric: Metric) -> None: ...
+
+    def span_exporter(self) -> SpanExporter: ...
+
+    def sentry_transport(self) -> Transport: ...
+
+
+class Runtime:
+    """One running app's writer, tracer, Sentry reporter and observers."""
+
+    __slots__ = (
+        "config",
+        "metric_observers",
+        "operation_observers",
+        "running",
+        "sentry",
+        "tracer",
+        "tracer_provider",
+        "writer",
+    )
+
+    def __init__(self, config: ObservabilityConfig, writer: MetricWriter) -> None:
+        self.config = config
+        self.writer = writer
+        self.tracer: trace.Tracer | None = None
+        self.tracer_provider: TracerProvider | None = None
+        self.sentry: SentryReporter | None = None
+        self.operation_observers: list[OperationObserver] = []
+        self.metric_observers: list[MetricObserver] = []
+        self.running = False
+
+    def record(self, metric: Metric, context: trace.SpanContext | None = None) -> None:
+        """Write ``metric`` with ``context``'s ids (default: the current span's) and tell the observers."""
+        if context is None:
+            context = trace.get_current_span().get_span_context()
+        self.writer.submit(metric, context.trace_id, context.span_id)
+        for observer in self.metric_observers:
+            observer(metric)
+
+    def operation_done(self, name: str, duration: float, exc: BaseException | None) -> None:
+        for observer in self.operation_observers:
+            observer(name, duration, exc)
+
+
+_current: ContextVar[Runtime | None] = ContextVar("omnii_obs_runtime", default=None)
+_running: list[Runtime] = []
+_lock = threading.Lock()
+_default: list[Runtime] = []
+_captures: list[Capture] = []
+
+
+def current() -> Runtime:
+    """The runtime of the app this code runs in (see the module docstring for the fallbacks)."""
+    runtime = _current.get()
+    if runtime is not None and runtime.running:
+        return runtime
+    if _running:
+        return _running[-1]
+    if not _default:
+        with _lock:
+            if not _default:
+                _default.append(Runtime(ObservabilityConfig(), MetricWriter(ObservabilityConfig())))
+    return _default[0]
+
+
+def running() -> list[Runtime]:
+    """Every runtime started and not yet stopped, oldest first."""
+    return list(_running)
+
+
+def enter(runtime: Runtime) -> None:
+    """Mark ``runtime`` running and make it the current one in this context."""
+    with _lock:
+        runtime.running = True
+        _running.append(runtime)
+    _current.set(runtime)
+
+
+def leave(runtime: Runtime) -> None:
+    with _lock:
+        runtime.running = False
+        if runtime in _running:
+            _running.remove(runtime)
+
+
+def set_current(runtime: Runtime) -> None:
+    """Make ``runtime`` current for this request's task (the middleware calls this)."""
+    _current.set(runtime)
+
+
+def install_capture(capture: Capture) -> Callable[[], None]:
+    """Apps started from now on use ``capture``'s sinks; returns the function that stops that."""
+    _captures.append(capture)
+
+    def remove() -> None:
+        if capture in _captures:
+            _captures.remove(capture)
+
+    return remove
+
+
+def active_capture() -> Capture | None:
+    """The capture installed last, if any."""
+    return _captures[-1] if _captures else None

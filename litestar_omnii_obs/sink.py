@@ -1,0 +1,177 @@
+"""The metric-line writer: an in-memory queue and a daemon thread that writes JSON lines.
+
+``submit`` only appends to a deque, so the event loop never waits on a disk or a pipe.
+Each app's plugin owns one writer (its sink and its ``service``/``environment``
+labels). The writer does not use stdlib logging: ``Litestar(...)`` reconfigures logging
+when the app is built and would close a handler created before it.
+
+Standard streams are written with ``os.write`` on their file descriptor, holding no
+Python lock: a pipe nobody reads can stall the writer thread, never the interpreter's
+own shutdown, and the plugin's shutdown gives up on it after a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime
+from typing import IO
+
+import msgspec
+from opentelemetry.trace import INVALID_SPAN_ID
+
+from litestar_omnii_obs.config import ObservabilityConfig
+from litestar_omnii_obs.records import Metric
+
+__all__ = ["MetricWriter"]
+
+_logger = logging.getLogger("litestar_omnii_obs")
+
+_Item = tuple[float, Metric, int, int]
+
+
+class MetricWriter:
+    """One sink with its labels; lines are queued by ``submit`` and written by a daemon thread."""
+
+    def __init__(self, config: ObservabilityConfig) -> None:
+        self.sink = config.metrics.sink
+        self._max_queue = config.metrics.max_queue
+        self._interval = config.metrics.flush_interval
+        self._labels = (
+            b',"service":'
+            + msgspec.json.encode(config.service_name)
+            + b',"environment":'
+            + msgspec.json.encode(config.environment)
+        )
+        self._queue: deque[_Item] = deque()
+        self._encoder = msgspec.json.Encoder()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._file: IO[bytes] | None = None
+        self._failed = False
+        self._closed = False
+        self.dropped = 0
+        self._inflight = 0
+        self._stamp_second = -1
+        self._stamp_prefix = b""
+        self.off = self.sink == "off"
+        if self.sink not in ("stdout", "stderr", "off"):
+            try:
+                self._file = open(self.sink, "ab")  # noqa: SIM115 - kept open until close()
+            except OSError as exc:
+                self._report_failure(exc)
+
+    def submit(self, metric: Metric, trace_id: int, span_id: int) -> None:
+        """Queue one record with its trace ids; never blocks or raises."""
+        if self.off:
+            return
+        queue = self._queue
+        if len(queue) >= self._max_queue or self._closed:
+            self.dropped += 1
+            if self.dropped == 1:
+                _logger.warning("metrics queue full (%d lines); dropping lines until it drains", self._max_queue)
+            return
+        queue.append((time.time(), metric, trace_id, span_id))
+        if self._thread is None:
+            self._start()
+
+    def pending(self) -> int:
+        """Lines queued or being written right now (lost if the process ends before they are)."""
+        return len(self._queue) + self._inflight
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="omnii-obs-metrics", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.drain()
+        self.drain()
+
+    def _encode(self, item: _Item) -> bytes:
+        wall, metric, trace_id, span_id = item
+        second = int(wall)
+        if second != self._stamp_second:  # format the date once a second, not once a line
+            self._stamp_second = second
+            self._stamp_prefix = (
+                b',"timestamp":"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode()
+            )
+        tail = self._stamp_prefix + b'.%06dZ"' % int((wall - second) * 1_000_000) + self._labels
+        if span_id != INVALID_SPAN_ID:
+            tail += b',"trace_id":"%032x","span_id":"%016x"' % (trace_id, span_id)
+        return self._encoder.encode(metric)[:-1] + tail + b"}\n"
+
+    def drain(self) -> None:
+        """Write every queued line now (the writer thread and ``close`` call this)."""
+        with self._lock:
+            chunk: list[bytes] = []
+            queue = self._queue
+            while queue:
+                chunk.append(self._encode(queue.popleft()))
+            if chunk:
+                self._inflight = len(chunk)
+                try:
+                    self._write(b"".join(chunk), len(chunk))
+                finally:
+                    self._inflight = 0
+
+    def _write(self, data: bytes, lines: int) -> None:
+        try:
+            if self.sink in ("stdout", "stderr"):
+                _write_stream(sys.stdout if self.sink == "stdout" else sys.stderr, data)
+            elif self._file is not None:
+                self._file.write(data)
+                self._file.flush()
+            else:
+                raise OSError(f"metrics sink {self.sink!r} is not open")
+        except (OSError, ValueError) as exc:
+            self.dropped += lines
+            self._report_failure(exc)
+
+    def _report_failure(self, exc: BaseException) -> None:
+        if not self._failed:
+            self._failed = True
+            _logger.error(
+                "metrics sink %r failed (%s); metric lines are dropped and counted, not logged again", self.sink, exc
+            )
+
+    def close(self) -> None:
+        """Stop the thread after it wrote every queued line; may block as long as the sink does.
+
+        The plugin calls this off the event loop with a bound (see :func:`~litestar_omnii_obs._bounded.run_bounded`).
+        """
+        self._closed = True
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        else:
+            self.drain()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        if self.dropped:
+            _logger.warning("%d metric line(s) were dropped", self.dropped)
+
+
+def _write_stream(stream: IO[str], data: bytes) -> None:
+    """Write ``data`` to a standard stream by file descriptor when it has one (no Python lock held)."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # replaced stream (pytest capture, StringIO)
+        stream.write(data.decode())
+        stream.flush()
+        return
+    stream.flush()  # keep order with text already printed
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -37,7 +37,7 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCo
 from litestar_omnii_obs import runtime
 from litestar_omnii_obs.records import ApiLatencyMetric
 from litestar_omnii_obs.scrubbing import SecretScrubber
-from litestar_omnii_obs.sentry import request_logger
+from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -175,6 +175,8 @@ class RequestObserver:
             app_runtime = self._runtime
             if app_runtime is not None:
                 set_current(app_runtime)  # log_metric & co. in this request find this app
+                if app_runtime.sentry is not None:
+                    new_request_breadcrumbs()
             if (
                 scope["type"] != ScopeType.HTTP
                 or self.is_excluded(scope["path"])

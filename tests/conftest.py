@@ -100,21 +100,3 @@ def obs_log() -> Iterator[list[logging.LogRecord]]:
         yield handler.records
     finally:
         logger.removeHandler(handler)
-
-
-@pytest.fixture(autouse=True)
-def fresh_sdk_globals() -> Iterator[None]:
-    """Each test starts with no global TracerProvider and no Sentry client.
-
-    OpenTelemetry lets a process set its global provider once, and sentry-sdk keeps
-    one global client; a real process runs one app, a test session runs many.
-    """
-    yield
-    from opentelemetry import trace
-    from opentelemetry.util._once import Once
-
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-    import sentry_sdk
-
-    sentry_sdk.get_global_scope().set_client(None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +17,6 @@ from litestar import Litestar, get, post
 from litestar.params import FromPath
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from litestar_omnii_obs import (
     GraphQueryMetric,
@@ -253,17 +253,43 @@ def test_no_endpoint_warns_once_and_still_gives_request_ids(sink: Path, obs_log:
     assert {r["trace_id"] for r in read_lines(sink)} == ids
 
 
-def test_an_application_provider_is_used_not_replaced(sink: Path, obs_log: list[logging.LogRecord]) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    app = app_with(config_for(None, sink))
-    with serve(app) as url:
-        httpx.get(url + "/users/5")
-    assert trace.get_tracer_provider() is provider
-    assert [s.name for s in exporter.get_finished_spans()] == ["GET /users/{user_id}"]
-    assert sum("own OpenTelemetry TracerProvider" in r.getMessage() for r in obs_log) == 1
+_OWN_PROVIDER_SCRIPT = """
+import logging, sys
+from litestar.testing import TestClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from tests.test_tracing import app_with, config_for
+
+messages = []
+handler = logging.Handler()
+handler.emit = lambda record: messages.append(record.getMessage())
+logging.getLogger("litestar_omnii_obs").addHandler(handler)
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+with TestClient(app_with(config_for(None, __import__("pathlib").Path(sys.argv[1])))) as client:
+    client.get("/users/5")
+assert trace.get_tracer_provider() is provider
+assert [s.name for s in exporter.get_finished_spans()] == ["GET /users/{user_id}"], exporter.get_finished_spans()
+assert sum("own OpenTelemetry TracerProvider" in m for m in messages) == 1, messages
+print("OK")
+"""
+
+
+def test_an_application_provider_is_used_not_replaced(sink: Path) -> None:
+    # OpenTelemetry's global provider can be set once per process: a fresh process, as an application is.
+    result = subprocess.run(
+        [sys.executable, "-c", _OWN_PROVIDER_SCRIPT, str(sink)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("OK")
 
 
 def test_sampled_out_requests_still_get_ids_and_records(

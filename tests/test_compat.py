@@ -1,0 +1,125 @@
+"""Every private name of a dependency the package relies on (litestar_omnii_obs/_compat.py), checked.
+
+Each test fails loudly, naming what changed, when an upgrade of sentry-sdk or OpenTelemetry renames or
+reshapes something the package uses, so the break shows here rather than in production.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections.abc import Sequence
+
+import pytest
+import sentry_sdk
+from opentelemetry.exporter.otlp.proto.grpc import exporter as grpc_exporter_module
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from sentry_sdk.transport import HttpTransport
+
+from litestar_omnii_obs import _compat
+
+
+def test_sentry_transport_hooks_keep_their_names_and_parameters() -> None:
+    expected = {
+        "_get_pool_options": [],
+        "_send_request": ["body", "headers", "endpoint_type", "envelope"],
+        "_handle_response": ["response", "envelope"],
+        "_update_rate_limits": ["response"],
+        "_handle_request_error": ["envelope", "loss_reason"],
+    }
+    for name, params in expected.items():
+        method = getattr(HttpTransport, name, None)
+        assert callable(method), f"sentry-sdk's HttpTransport no longer has {name}"
+        found = [p for p in inspect.signature(method).parameters if p != "self"]
+        assert found[: len(params)] == params, f"HttpTransport.{name} now takes {found}"
+    client = sentry_sdk.Client(dsn="https://k@127.0.0.1:9/1", transport=_compat.QuietHttpTransport)
+    try:
+        transport = client.transport
+        assert isinstance(transport, _compat.QuietHttpTransport)
+        assert isinstance(transport._disabled_until, dict), "HttpTransport._disabled_until is no longer a dict"
+    finally:
+        client.close(timeout=0)
+
+
+def test_sentry_marks_scrubbed_values_as_the_package_does() -> None:
+    assert _compat.SENSITIVE_DATA_SUBSTITUTE == "[Filtered]"
+    value = _compat.AnnotatedValue.substituted_because_contains_sensitive_data()
+    assert value.value == "[Filtered]"
+
+
+class _Stuck(SpanExporter):
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.release.wait(5)
+        return SpanExportResult.SUCCESS
+
+
+def test_the_sdk_still_reports_dropped_spans_with_the_text_we_match() -> None:
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Keep()
+    loggers = [logging.getLogger(name) for name in _compat.SDK_EXPORT_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
+    exporter = _Stuck()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1, max_export_batch_size=1))
+    try:
+        for _ in range(20):
+            provider.get_tracer("t").start_span("s").end()
+    finally:
+        exporter.release.set()
+        provider.shutdown()
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert any(m.startswith(_compat.DROPPED_SPANS_MESSAGE) for m in messages), messages
+
+
+def test_the_filter_swallows_what_it_counts() -> None:
+    log_filter = _compat.ExportLogFilter()
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "Queue full, dropping span.", None, None)
+    assert log_filter.filter(record) is False
+    assert log_filter.dropped == 1
+
+
+def test_grpc_metric_exporter_still_logs_failures_with_the_text_we_match() -> None:
+    source = inspect.getsource(grpc_exporter_module)
+    assert "Transient error" in source
+    assert "Failed to export" in source
+
+
+def test_providers_keep_the_disabled_flag_the_config_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    provider = TracerProvider()
+    meters = MeterProvider()
+    assert provider._disabled is True, "TracerProvider no longer reads OTEL_SDK_DISABLED into _disabled"
+    assert meters._disabled is True, "MeterProvider no longer reads OTEL_SDK_DISABLED into _disabled"
+    _compat.follow_config_not_environ(provider, False)
+    span = provider.get_tracer("t").start_span("s")
+    assert span.is_recording()
+
+
+def test_metric_exporters_keep_their_preferences_where_we_read_them() -> None:
+    exporter = OTLPMetricExporter(endpoint="http://127.0.0.1:9", insecure=True)
+    try:
+        preferences = _compat.exporter_preferences(exporter)
+    finally:
+        exporter.shutdown(timeout_millis=100)
+    assert set(preferences) == {"preferred_temporality", "preferred_aggregation"}
+    assert isinstance(preferences["preferred_temporality"], dict)
+
+
+def test_the_tracer_context_manager_type_still_exists() -> None:
+    from opentelemetry.util import _decorator
+
+    assert hasattr(_decorator, "_AgnosticContextManager")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from litestar.plugins import CLIPluginProtocol, InitPlugin
 
-from litestar_omnii_obs import runtime, sentry, tracing
+from litestar_omnii_obs import runtime, sentry, shared, tracing
 from litestar_omnii_obs._bounded import run_bounded
 from litestar_omnii_obs.cli import add_obs_commands
 from litestar_omnii_obs.config import ObservabilityConfig
@@ -94,7 +94,7 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
                 if telemetry.records_metrics:
                     app_runtime.operation_observers.append(telemetry.record_operation)
                     app_runtime.metric_observers.append(telemetry.record_metric)
-                stack.callback(tracing.log_correlation.acquire())
+                stack.callback(shared.log_correlation.acquire())
             elif config.tracing.enabled:
                 _logger.warning("OTEL_SDK_DISABLED is set: no spans and no OTLP export (latency records stay)")
             self.observer.bind(app_runtime, telemetry)

@@ -6,12 +6,8 @@ the whole truth), spans through a ``BatchSpanProcessor`` to the OTLP exporters, 
 when an endpoint is set, a ``MeterProvider`` exporting the request-duration histogram
 and the operation histograms.
 
-OpenTelemetry's global tracer provider can be set once per process, and users' own
-``trace.get_tracer(...)`` spans should nest under the request span of whichever app
-serves the request. So the global provider, set once, is :data:`APP_TRACER_PROVIDER`:
-it hands out tracers that delegate to the provider of the app current in that context
-(see :mod:`litestar_omnii_obs.runtime`). No app's provider is ever installed globally,
-so none is reused after it was shut down.
+The process-wide pieces (OpenTelemetry's global provider, log correlation) live in
+:mod:`litestar_omnii_obs.shared`.
 
 A dead collector must never become the outage: exports run in the SDK's worker
 threads, the span queue is bounded, the SDK's per-batch warnings are replaced by one
@@ -23,9 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -48,23 +42,15 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.sdk.version import __version__ as sdk_version
 
-from litestar_omnii_obs import runtime
 from litestar_omnii_obs._bounded import run_bounded
 from litestar_omnii_obs._compat import ExportLogFilter, follow_config_not_environ
 from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_url
 from litestar_omnii_obs.durations import DurationsExporter, RequestDurations
 from litestar_omnii_obs.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, Target, build_metric_exporter
 from litestar_omnii_obs.records import GraphQueryMetric, Metric, SyncMetric
-
-if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.trace import Link, Span, SpanKind
-    from opentelemetry.util.types import Attributes
-
-    from litestar_omnii_obs._compat import AgnosticContextManager
+from litestar_omnii_obs.shared import route_global_provider
 
 __all__ = [
-    "APP_TRACER_PROVIDER",
     "Telemetry",
     "build_metric_exporter_for",
     "build_resource",
@@ -137,137 +123,6 @@ class OutageLog:
         elif ok and self.failing:
             self.failing = False
             _logger.warning("OTLP %s export to %s recovered", self.kind, self.target)
-
-
-# --------------------------------------------------------------------------- the global provider
-
-
-class _AppTracer(trace.Tracer):
-    """A tracer that starts spans with the provider of the app current in this context."""
-
-    def __init__(self, name: str, version: str | None, schema_url: str | None, attributes: Attributes) -> None:
-        self._args = (name, version, schema_url, attributes)
-        self._tracers: dict[int, tuple[TracerProvider, trace.Tracer]] = {}
-
-    def _delegate(self) -> trace.Tracer:
-        provider = runtime.current().tracer_provider
-        if provider is None:
-            return trace.NoOpTracer()
-        cached = self._tracers.get(id(provider))
-        if cached is None or cached[0] is not provider:
-            name, version, schema_url, attributes = self._args
-            cached = self._tracers[id(provider)] = (
-                provider,
-                provider.get_tracer(name, version, schema_url, attributes),
-            )
-        return cached[1]
-
-    def start_span(
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: SpanKind = trace.SpanKind.INTERNAL,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-    ) -> Span:
-        return self._delegate().start_span(
-            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
-        )
-
-    def start_as_current_span(
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: SpanKind = trace.SpanKind.INTERNAL,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-        end_on_exit: bool = True,
-    ) -> AgnosticContextManager[Span]:
-        return self._delegate().start_as_current_span(
-            name,
-            context,
-            kind,
-            attributes,
-            links,
-            start_time,
-            record_exception,
-            set_status_on_exception,
-            end_on_exit,
-        )
-
-
-class _AppTracerProvider(trace.TracerProvider):
-    """OpenTelemetry's global provider while this package is in charge of it."""
-
-    def get_tracer(
-        self,
-        instrumenting_module_name: str,
-        instrumenting_library_version: str | None = None,
-        schema_url: str | None = None,
-        attributes: Attributes = None,
-    ) -> trace.Tracer:
-        return _AppTracer(instrumenting_module_name, instrumenting_library_version, schema_url, attributes)
-
-
-APP_TRACER_PROVIDER = _AppTracerProvider()
-
-
-def _route_global_provider() -> None:
-    """Make :data:`APP_TRACER_PROVIDER` OpenTelemetry's global provider, if nobody set one."""
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        trace.set_tracer_provider(APP_TRACER_PROVIDER)
-
-
-# --------------------------------------------------------------------------- log correlation
-
-
-class _LogCorrelation:
-    """Adds ``trace_id``/``span_id`` to log records; installed once while any app runs."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-        self.previous: Callable[..., logging.LogRecord] | None = None
-
-    def factory(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
-        assert self.previous is not None
-        record = self.previous(*args, **kwargs)
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            record.trace_id = f"{context.trace_id:032x}"
-            record.span_id = f"{context.span_id:016x}"
-        else:
-            record.trace_id = record.span_id = ""
-        return record
-
-    def acquire(self) -> Callable[[], None]:
-        with self.lock:
-            self.users += 1
-            if self.users == 1:
-                self.previous = logging.getLogRecordFactory()
-                logging.setLogRecordFactory(self.factory)
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            with self.lock:
-                if released:
-                    return
-                released = True
-                self.users -= 1
-                if self.users == 0 and logging.getLogRecordFactory() == self.factory and self.previous:
-                    logging.setLogRecordFactory(self.previous)
-
-        return release
-
-
-log_correlation = _LogCorrelation()
 
 
 # --------------------------------------------------------------------------- the app's telemetry
@@ -451,7 +306,7 @@ def setup_telemetry(
     for processor in extra_processors:
         tracer_provider.add_span_processor(processor)
     if tracing.set_global_provider:
-        _route_global_provider()
+        route_global_provider()
     telemetry = Telemetry(
         config, tracer_provider, meter_provider, owned=True, log_filter=log_filter, durations=durations
     )

@@ -1,7 +1,10 @@
 """Exactly one ``api_latency`` record per request, on every path a request can take.
 
-Each test runs a real app under uvicorn on 127.0.0.1 and reads the JSON lines the
-plugin wrote to a file sink.
+Each test runs an app with the plugin and reads the JSON lines it wrote to a file sink
+(leaving the client or server stops the app, which writes every queued line). Most drive
+the app in-process with Litestar's ``AsyncTestClient``; the ones about the wire (time to
+the last byte, background tasks after the response is sent, concurrent connections) run
+it under uvicorn on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.response import Stream
+from litestar.testing import AsyncTestClient
 from litestar.types import Receive, Scope, Send
 
 from litestar_omnii_obs import LatencyConfig, MetricsConfig, ObservabilityConfig, ObservabilityPlugin
@@ -85,17 +89,18 @@ def run_app(sink: Path, handlers: list[Any], **kwargs: Any) -> Litestar:
     )
 
 
-def test_each_status_path_gets_one_record_with_route_template_and_status(sink: Path) -> None:
+@pytest.mark.asyncio
+async def test_each_status_path_gets_one_record_with_route_template_and_status(sink: Path) -> None:
     app = run_app(sink, [get_user, private, admin, conflict, crash])
-    with serve(app) as url, httpx.Client(base_url=url) as client:
+    async with AsyncTestClient(app=app) as client:
         expected = [
-            (client.get("/users/42").status_code, "GET", "/users/{user_id}", 200),
-            (client.get("/no/such/path").status_code, "GET", "UNMATCHED", 404),
-            (client.delete("/users/42").status_code, "DELETE", "UNMATCHED", 405),
-            (client.get("/private").status_code, "GET", "/private", 401),
-            (client.get("/admin").status_code, "GET", "/admin", 403),
-            (client.post("/conflict").status_code, "POST", "/conflict", 409),
-            (client.get("/crash").status_code, "GET", "/crash", 500),
+            ((await client.get("/users/42")).status_code, "GET", "/users/{user_id}", 200),
+            ((await client.get("/no/such/path")).status_code, "GET", "UNMATCHED", 404),
+            ((await client.delete("/users/42")).status_code, "DELETE", "UNMATCHED", 405),
+            ((await client.get("/private")).status_code, "GET", "/private", 401),
+            ((await client.get("/admin")).status_code, "GET", "/admin", 403),
+            ((await client.post("/conflict")).status_code, "POST", "/conflict", 409),
+            ((await client.get("/crash")).status_code, "GET", "/crash", 500),
         ]
     for sent, _, _, status in expected:
         assert sent == status
@@ -105,7 +110,8 @@ def test_each_status_path_gets_one_record_with_route_template_and_status(sink: P
     assert "/users/42" not in {r["route"] for r in records}
 
 
-def test_route_level_before_request_replaces_app_hook_but_record_remains(sink: Path) -> None:
+@pytest.mark.asyncio
+async def test_route_level_before_request_replaces_app_hook_but_record_remains(sink: Path) -> None:
     seen: list[str] = []
 
     async def route_hook(request: Request[Any, Any, Any]) -> None:
@@ -119,13 +125,14 @@ def test_route_level_before_request_replaces_app_hook_but_record_remains(sink: P
         return "ok"
 
     app = run_app(sink, [own_hook], before_request=app_hook)
-    with serve(app) as url:
-        assert httpx.get(url + "/own-hook").text == "ok"
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.get("/own-hook")).text == "ok"
     assert seen == ["route"]
     assert [(r["route"], r["status"]) for r in latency_records(sink)] == [("/own-hook", 200)]
 
 
-def test_user_app_level_hooks_still_run_and_short_circuit_is_returned(sink: Path) -> None:
+@pytest.mark.asyncio
+async def test_user_app_level_hooks_still_run_and_short_circuit_is_returned(sink: Path) -> None:
     after: list[str] = []
 
     async def before(request: Request[Any, Any, Any]) -> dict[str, str] | None:
@@ -137,14 +144,15 @@ def test_user_app_level_hooks_still_run_and_short_circuit_is_returned(sink: Path
         after.append(request.url.path)
 
     app = run_app(sink, [get_user], before_request=before, after_response=after_response)
-    with serve(app) as url, httpx.Client(base_url=url) as client:
-        assert client.get("/users/1").json() == {"id": 1}
-        assert client.get("/users/2", params={"short": "1"}).json() == {"short": "circuit"}
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.get("/users/1")).json() == {"id": 1}
+        assert (await client.get("/users/2", params={"short": "1"})).json() == {"short": "circuit"}
     assert after == ["/users/1", "/users/2"]
     assert [(r["route"], r["status"]) for r in latency_records(sink)] == [("/users/{user_id}", 200)] * 2
 
 
-def test_cached_response_is_recorded_on_hit_and_miss(sink: Path) -> None:
+@pytest.mark.asyncio
+async def test_cached_response_is_recorded_on_hit_and_miss(sink: Path) -> None:
     calls: list[int] = []
 
     @get("/cached", cache=60)
@@ -153,8 +161,8 @@ def test_cached_response_is_recorded_on_hit_and_miss(sink: Path) -> None:
         return {"calls": len(calls)}
 
     app = run_app(sink, [cached])
-    with serve(app) as url, httpx.Client(base_url=url) as client:
-        bodies = [client.get("/cached").json() for _ in range(3)]
+    async with AsyncTestClient(app=app) as client:
+        bodies = [(await client.get("/cached")).json() for _ in range(3)]
     assert bodies == [{"calls": 1}] * 3
     assert calls == [1]
     assert [(r["route"], r["status"]) for r in latency_records(sink)] == [("/cached", 200)] * 3
@@ -205,7 +213,8 @@ def test_record_is_written_before_background_tasks_finish(sink: Path) -> None:
     assert [r["route"] for r in latency_records(sink)] == ["/with-task", "/release"]
 
 
-def test_excluded_paths_and_opted_out_handlers_get_no_record(sink: Path) -> None:
+@pytest.mark.asyncio
+async def test_excluded_paths_and_opted_out_handlers_get_no_record(sink: Path) -> None:
     @get("/internal/{name:str}")
     async def internal(name: FromPath[str]) -> str:
         return name
@@ -215,13 +224,14 @@ def test_excluded_paths_and_opted_out_handlers_get_no_record(sink: Path) -> None
         return "shh"
 
     app = run_app(sink, [get_user, health, internal, quiet], latency={"exclude_paths": ("/health", "/internal/*")})
-    with serve(app) as url, httpx.Client(base_url=url) as client:
-        statuses = [client.get(p).status_code for p in ("/health", "/internal/x", "/quiet", "/users/7")]
+    async with AsyncTestClient(app=app) as client:
+        statuses = [(await client.get(p)).status_code for p in ("/health", "/internal/x", "/quiet", "/users/7")]
     assert statuses == [200, 200, 200, 200]
     assert [r["route"] for r in latency_records(sink)] == ["/users/{user_id}"]
 
 
-def test_mounted_asgi_app_is_labelled_by_its_mount_path(sink: Path) -> None:
+@pytest.mark.asyncio
+async def test_mounted_asgi_app_is_labelled_by_its_mount_path(sink: Path) -> None:
     from litestar.handlers import asgi
 
     @asgi("/mounted", is_mount=True, copy_scope=True)
@@ -230,8 +240,8 @@ def test_mounted_asgi_app_is_labelled_by_its_mount_path(sink: Path) -> None:
         await send({"type": "http.response.body", "body": b"mounted"})
 
     app = run_app(sink, [mounted])
-    with serve(app) as url:
-        response = httpx.get(url + "/mounted/deep/file.txt")
+    async with AsyncTestClient(app=app) as client:
+        response = await client.get("/mounted/deep/file.txt")
     assert (response.status_code, response.text) == (202, "mounted")
     assert [(r["route"], r["status"]) for r in latency_records(sink)] == [("/mounted", 202)]
 
@@ -253,13 +263,14 @@ def test_200_concurrent_requests_give_exactly_200_records(sink: Path) -> None:
     assert {(r["route"], r["method"], r["status"]) for r in records} == {("/users/{user_id}", "GET", 200)}
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("sink_path", ["/dev/full", "/nonexistent-dir/metrics.jsonl"])
-def test_failing_sink_is_logged_once_and_never_breaks_a_request(
+async def test_failing_sink_is_logged_once_and_never_breaks_a_request(
     sink_path: str, obs_log: list[logging.LogRecord]
 ) -> None:
     app = run_app(Path(sink_path), [get_user])
-    with serve(app) as url, httpx.Client(base_url=url) as client:
-        statuses = [client.get(f"/users/{i}").status_code for i in range(20)]
+    async with AsyncTestClient(app=app) as client:
+        statuses = [(await client.get(f"/users/{i}")).status_code for i in range(20)]
     assert statuses == [200] * 20
     failures = [r for r in obs_log if "metrics sink" in r.getMessage() and "failed" in r.getMessage()]
     assert len(failures) == 1

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import msgspec
 import pytest
 from litestar import Litestar, get
+from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace import TracerProvider
 
 from litestar_omnii_obs import (
@@ -26,7 +26,7 @@ from litestar_omnii_obs import (
     log_metric,
     timed_operation,
 )
-from tests.conftest import read_lines, running_app, serve
+from tests.conftest import read_lines, running_app
 
 
 @pytest.fixture
@@ -83,7 +83,8 @@ def test_trace_and_span_ids_are_added_when_a_span_is_current(metrics_file: Path)
     assert line["span_id"] == f"{context.span_id:016x}"
 
 
-def test_timed_operation_as_context_manager_decorator_and_awaitable(metrics_file: Path) -> None:
+@pytest.mark.asyncio
+async def test_timed_operation_as_context_manager_decorator_and_awaitable(metrics_file: Path) -> None:
     async def fetch() -> list[int]:
         await asyncio.sleep(0.01)
         return [1, 2]
@@ -93,16 +94,13 @@ def test_timed_operation_as_context_manager_decorator_and_awaitable(metrics_file
         await asyncio.sleep(0)
         return x * 2
 
-    async def main() -> tuple[object, ...]:
-        async with timed_operation("block") as op:
-            await asyncio.sleep(0.01)
-        result, duration = await timed_operation("awaited", fetch)
-        coro_result, _ = await timed_operation("coroutine", fetch())
-        return op.duration, result, duration, coro_result, await decorated(21)
-
-    op_duration, result, duration, coro_result, doubled = asyncio.run(main())
-    assert isinstance(op_duration, float)
-    assert op_duration >= 10
+    async with timed_operation("block") as op:
+        await asyncio.sleep(0.01)
+    result, duration = await timed_operation("awaited", fetch)
+    coro_result, _ = await timed_operation("coroutine", fetch())
+    doubled = await decorated(21)
+    assert isinstance(op.duration, float)
+    assert op.duration >= 10
     assert (result, coro_result, doubled) == ([1, 2], [1, 2], 42)
     assert isinstance(duration, float)
     assert duration >= 10
@@ -117,29 +115,25 @@ def test_timed_operation_as_context_manager_decorator_and_awaitable(metrics_file
     assert lines[1]["duration"] == duration
 
 
-def test_failed_operation_is_recorded_and_its_exception_re_raised_unchanged(metrics_file: Path) -> None:
+@pytest.mark.asyncio
+async def test_failed_operation_is_recorded_and_its_exception_re_raised_unchanged(metrics_file: Path) -> None:
     boom = LookupError("graph down")
 
     async def failing() -> None:
         raise boom
 
-    async def main() -> None:
-        await timed_operation("graph_query", failing)
-
     with pytest.raises(LookupError) as info:
-        asyncio.run(main())
+        await timed_operation("graph_query", failing)
     assert info.value is boom
     flush_metrics()
     [line] = read_lines(metrics_file)
     assert (line["operation"], line["outcome"], line["error"]) == ("graph_query", "error", "LookupError")
 
 
-def test_awaiting_without_an_operation_is_a_clear_error() -> None:
-    async def main() -> None:
-        await timed_operation("nothing")
-
+@pytest.mark.asyncio
+async def test_awaiting_without_an_operation_is_a_clear_error() -> None:
     with pytest.raises(TypeError, match="needs an operation"):
-        asyncio.run(main())
+        await timed_operation("nothing")
 
 
 def test_lines_queued_at_shutdown_are_written(metrics_file: Path) -> None:
@@ -161,7 +155,8 @@ def test_a_full_queue_drops_and_counts_instead_of_growing(sink: Path, obs_log: l
     assert any("15 metric line(s) were dropped" in m for m in messages)
 
 
-def test_lines_arrive_when_config_and_plugin_are_made_before_the_app(sink: Path) -> None:
+@pytest.mark.asyncio
+async def test_lines_arrive_when_config_and_plugin_are_made_before_the_app(sink: Path) -> None:
     # As users write it: config and plugin first, then Litestar(...) reconfigures logging.
     plugin = ObservabilityPlugin(ObservabilityConfig(metrics=MetricsConfig(sink=str(sink))))
 
@@ -172,8 +167,8 @@ def test_lines_arrive_when_config_and_plugin_are_made_before_the_app(sink: Path)
         return "ok"
 
     app = Litestar(route_handlers=[work], plugins=[plugin])
-    with serve(app) as url:
-        assert httpx.get(url + "/work").text == "ok"
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.get("/work")).text == "ok"
     assert [line["metric"] for line in read_lines(sink)] == ["operation_duration", "api_latency"]
 
 

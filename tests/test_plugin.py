@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
+import pytest
 from litestar import Litestar, get
 from litestar.middleware import DefineMiddleware
+from litestar.testing import AsyncTestClient
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin
-from tests.conftest import read_lines, serve
+from tests.conftest import read_lines
 
 
 @get("/ping")
@@ -28,7 +29,8 @@ def test_plugin_is_hashable_and_keeps_its_config() -> None:
     assert ObservabilityPlugin().config == ObservabilityConfig()
 
 
-def test_user_lifespan_middleware_and_hooks_are_kept_and_ours_are_placed_first(sink: Path) -> None:
+@pytest.mark.asyncio
+async def test_user_lifespan_middleware_and_hooks_are_kept_and_ours_are_placed_first(sink: Path) -> None:
     events: list[str] = []
 
     @asynccontextmanager
@@ -62,9 +64,9 @@ def test_user_lifespan_middleware_and_hooks_are_kept_and_ours_are_placed_first(s
     )
     assert app.before_request is None
     assert app.after_response is None
-    with serve(app) as url:
-        assert httpx.get(url + "/ping").text == "pong"
-        assert httpx.get(url + "/missing").status_code == 404
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.get("/ping")).text == "pong"
+        assert (await client.get("/missing")).status_code == 404
     assert events == [
         "user-start",
         "user-middleware",
@@ -88,13 +90,14 @@ def test_lifespan_is_first_so_it_starts_first_and_stops_last(sink: Path) -> None
     assert managers[1] is user_lifespan
 
 
-def test_latency_can_be_turned_off(sink: Path) -> None:
+@pytest.mark.asyncio
+async def test_latency_can_be_turned_off(sink: Path) -> None:
     from litestar_omnii_obs import LatencyConfig
 
     plugin = ObservabilityPlugin(
         ObservabilityConfig(metrics=MetricsConfig(sink=str(sink)), latency=LatencyConfig(enabled=False))
     )
     app = Litestar(route_handlers=[ping], plugins=[plugin])
-    with serve(app) as url:
-        assert httpx.get(url + "/ping").text == "pong"
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.get("/ping")).text == "pong"
     assert read_lines(sink) == []

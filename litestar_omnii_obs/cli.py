@@ -142,10 +142,10 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _otlp_target(config: ObservabilityConfig) -> str:
+def _otlp_target(config: ObservabilityConfig, endpoint: str | None) -> str:
     from litestar_omnii_obs.env import display_value
 
-    target = redact_url(config.tracing.traces_endpoint) or "-"
+    target = redact_url(endpoint) or "-"
     if config.tracing.otlp_headers:
         target += " (headers " + display_value("tracing.otlp_headers", config.tracing.otlp_headers) + ")"
     return target
@@ -323,19 +323,24 @@ def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -
     from litestar_omnii_obs._compat import SDK_EXPORT_LOGGERS
 
     errors = _ExporterErrors()
-    otlp = config.tracing_active and bool(config.tracing.traces_endpoint)
-    otlp_off = "OTEL_EXPORTER_OTLP_ENDPOINT not set" if config.tracing.enabled else "OMNII_OBS_TRACING=false"
+    traces = config.tracing_active and bool(config.tracing.traces_endpoint)
+    metrics = config.tracing_active and bool(config.tracing.metrics_endpoint)
+    otlp_off = "OTEL_EXPORTER_OTLP_ENDPOINT not set"
+    if not config.tracing.enabled:
+        otlp_off = "OMNII_OBS_TRACING=false"
+    elif config.tracing.sdk_disabled:
+        otlp_off = "OTEL_SDK_DISABLED=true"
     pipes: list[tuple[str, str, Callable[[], tuple[bool, str]] | None, str]] = [
         (
             "otlp-traces",
-            _otlp_target(config),
-            partial(_check_traces, config, timeout, errors) if otlp else None,
+            _otlp_target(config, config.tracing.traces_endpoint),
+            partial(_check_traces, config, timeout, errors) if traces else None,
             otlp_off,
         ),
         (
             "otlp-metrics",
-            _otlp_target(config),
-            partial(_check_metrics, config, timeout, errors) if otlp else None,
+            _otlp_target(config, config.tracing.metrics_endpoint),
+            partial(_check_metrics, config, timeout, errors) if metrics else None,
             otlp_off,
         ),
         (

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import logging
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from litestar.enums import ScopeType
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, Status, StatusCode
 
 from litestar_omnii_obs import runtime
 from litestar_omnii_obs.records import ApiLatencyMetric
@@ -41,6 +41,7 @@ from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span
 
     from litestar_omnii_obs.config import ObservabilityConfig
@@ -51,7 +52,8 @@ __all__ = ["ObserverMiddleware", "RequestObserver", "method_label"]
 _logger = logging.getLogger("litestar_omnii_obs")
 
 _KEY = "omnii_obs"  # the request's _Exchange, kept in the ASGI scope
-_WANTED_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage", b"user-agent", b"x-request-id", b"host"})
+_PROPAGATION = frozenset({b"traceparent", b"tracestate", b"baggage"})
+_SPAN_HEADERS = frozenset({b"user-agent", b"x-request-id"})
 _REQUEST_ID_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:"
 #: The methods the HTTP semantic conventions know; any other (clients choose them) is ``_OTHER``.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
@@ -111,7 +113,7 @@ _GETTER = _HeaderGetter()
 class _Exchange:
     """What one request needs between its first and last message."""
 
-    __slots__ = ("exc", "method", "route", "span", "start", "status")
+    __slots__ = ("exc", "method", "parent", "route", "span", "start", "status")
 
     def __init__(self, start: float, span: Span | None, route: str, method: str) -> None:
         self.start = start
@@ -120,6 +122,7 @@ class _Exchange:
         self.method = method
         self.status = 500
         self.exc: BaseException | None = None
+        self.parent: Context | None = None  # the caller's context (baggage), kept current under the span
 
 
 class ObserverMiddleware:
@@ -169,7 +172,9 @@ class RequestObserver:
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Litestar middleware factory: the outermost layer of each route (see :class:`ObserverMiddleware`)."""
         opt_key = self._opt_key
+        exact, prefixes, http = self._exact, self._prefixes, ScopeType.HTTP
         set_current = runtime.set_current
+        attach, detach, set_span_in_context = otel_context.attach, otel_context.detach, trace.set_span_in_context
 
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:
             app_runtime = self._runtime
@@ -177,14 +182,16 @@ class RequestObserver:
                 set_current(app_runtime)  # log_metric & co. in this request find this app
                 if app_runtime.sentry is not None:
                     new_request_breadcrumbs()
+            path = scope["path"]
             if (
-                scope["type"] != ScopeType.HTTP
-                or self.is_excluded(scope["path"])
+                scope["type"] != http
+                or path in exact
+                or path.startswith(prefixes)
                 or scope["route_handler"].opt.get(opt_key, True) is False
             ):
                 await app(scope, receive, send)
                 return
-            state = cast("dict[str, Any]", scope)
+            state: dict[str, Any] = scope  # type: ignore[assignment]
             try:
                 exchange = self._open(scope, scope["path_template"] or self._mount_label(state))
             except Exception:  # our failure must not become the request's
@@ -192,7 +199,8 @@ class RequestObserver:
                 await app(scope, receive, send)
                 return
             state[_KEY] = exchange
-            token = None if exchange.span is None else otel_context.attach(trace.set_span_in_context(exchange.span))
+            span = exchange.span
+            token = None if span is None else attach(set_span_in_context(span, exchange.parent))
             try:
                 await app(scope, receive, send)
             except BaseException as exc:
@@ -200,7 +208,7 @@ class RequestObserver:
                 raise
             finally:
                 if token is not None:
-                    otel_context.detach(token)
+                    detach(token)
                 if state.get(_KEY) is exchange:  # the response never finished
                     self._close(state, exchange)
 
@@ -210,7 +218,7 @@ class RequestObserver:
         """Remember the exception; open requests that failed before reaching a route."""
         if scope["type"] != ScopeType.HTTP:
             return
-        state = cast("dict[str, Any]", scope)
+        state: dict[str, Any] = scope  # type: ignore[assignment]
         exchange: _Exchange | None = state.get(_KEY)
         try:
             if exchange is None and "path_template" not in state and not self.is_excluded(scope["path"]):
@@ -224,20 +232,25 @@ class RequestObserver:
 
     async def before_send(self, message: Message, scope: Scope) -> None:
         """Add ``X-Request-ID``, report 5xx errors, close the request at the last byte."""
-        state = cast("dict[str, Any]", scope)
+        state: dict[str, Any] = scope  # type: ignore[assignment]
         exchange: _Exchange | None = state.get(_KEY)
         if exchange is None:
             return
+        event: dict[str, Any] = message  # type: ignore[assignment]
         try:
-            if message["type"] == "http.response.start":
-                exchange.status = message["status"]
-                if exchange.span is not None:
-                    trace_id = b"%032x" % exchange.span.get_span_context().trace_id
-                    message["headers"] = [*message.get("headers", ()), (b"x-request-id", trace_id)]
-                if exchange.exc is not None and exchange.status in self._capture_statuses:
+            kind = event["type"]
+            if kind == "http.response.body":
+                if not event.get("more_body", False):
+                    self._close(state, exchange)
+            elif kind == "http.response.start":
+                status = exchange.status = event["status"]
+                span = exchange.span
+                if span is not None:
+                    headers = event.get("headers")
+                    request_id = (b"x-request-id", b"%032x" % span.get_span_context().trace_id)
+                    event["headers"] = [*headers, request_id] if headers else [request_id]
+                if exchange.exc is not None and status in self._capture_statuses:
                     self._report(state, exchange)
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                self._close(state, exchange)
         except Exception:
             self._log_failure()
 
@@ -249,20 +262,26 @@ class RequestObserver:
         telemetry = self._telemetry
         if telemetry is None:
             return _Exchange(perf_counter(), None, self._unmatched if route is None else route, label)
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            if name in _WANTED_HEADERS:
-                headers[name.decode("latin-1")] = value.decode("latin-1")
-        parent = extract(headers, getter=_GETTER) if "traceparent" in headers else None
+        parent = None
+        for name, _ in scope["headers"]:
+            if name in _PROPAGATION:  # the caller's trace context and baggage, parsed only when sent
+                propagation = {
+                    k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATION
+                }
+                parent = extract(propagation, getter=_GETTER)
+                break
         prefix = label if label != "_OTHER" else "HTTP"
-        span = telemetry.tracer.start_span(
-            f"{prefix} {route}" if route is not None else prefix, context=parent, kind=SpanKind.SERVER
-        )
-        if span.is_recording():  # attributes only for spans that will be exported
+
+        def attributes() -> dict[str, Any]:
             raw_query: bytes = scope.get("query_string", b"")
             query = self._scrubber.scrub_query(raw_query.decode("latin-1")) if raw_query else ""
-            span.set_attributes(_request_attributes(scope, method, route, headers, query))
-        return _Exchange(perf_counter(), span, self._unmatched if route is None else route, label)
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _SPAN_HEADERS}
+            return _request_attributes(scope, method, route, headers, query)
+
+        span = telemetry.start_server_span(f"{prefix} {route}" if route is not None else prefix, parent, attributes)
+        exchange = _Exchange(perf_counter(), span, self._unmatched if route is None else route, label)
+        exchange.parent = parent
+        return exchange
 
     def _close(self, state: dict[str, Any], exchange: _Exchange) -> None:
         """Write the latency record and end the span; exactly once per request."""
@@ -275,16 +294,20 @@ class RequestObserver:
             exc = exchange.exc
             error = type(exc).__qualname__ if status >= 500 and exc is not None else None
             if self._record_latency:
-                (self._runtime or runtime.current()).record(
-                    ApiLatencyMetric(
-                        route=route,
-                        method=exchange.method,
-                        status=status,
-                        duration=round(duration * 1000.0, 3),
-                        error=error,
-                    ),
-                    INVALID_SPAN_CONTEXT if span is None else span.get_span_context(),
-                )
+                app_runtime = self._runtime or runtime.current()
+                context = INVALID_SPAN_CONTEXT if span is None else span.get_span_context()
+                duration_ms = round(duration * 1000.0, 3)
+                if app_runtime.request_observers:
+                    metric = ApiLatencyMetric(
+                        route=route, method=exchange.method, status=status, duration=duration_ms, error=error
+                    )
+                    app_runtime.writer.submit(metric, context.trace_id, context.span_id)
+                    for observer in app_runtime.request_observers:
+                        observer(metric)
+                else:  # nobody needs the typed record: the writer encodes these fields directly
+                    app_runtime.writer.submit_latency(
+                        route, exchange.method, status, duration_ms, error, context.trace_id, context.span_id
+                    )
             if status >= 500 and exc is not None and self._log_errors:
                 self._log_server_error(state, exchange, exc)
             durations = None if self._telemetry is None else self._telemetry.request_duration

@@ -73,6 +73,7 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
             stack.push_async_callback(self._close_writer, app_runtime)
             if capture is not None:
                 app_runtime.metric_observers.append(capture.on_metric)
+                app_runtime.request_observers.append(capture.on_metric)
             reporter = sentry.start_sentry(config, None if capture is None else capture.sentry_transport())
             if reporter is not None:
                 app_runtime.sentry = reporter

@@ -53,6 +53,7 @@ class Runtime:
         "config",
         "metric_observers",
         "operation_observers",
+        "request_observers",
         "running",
         "sentry",
         "tracer",
@@ -68,6 +69,8 @@ class Runtime:
         self.sentry: SentryReporter | None = None
         self.operation_observers: list[OperationObserver] = []
         self.metric_observers: list[MetricObserver] = []
+        #: Observers of every request's ``api_latency`` record (the pytest plugin); empty in production.
+        self.request_observers: list[MetricObserver] = []
         self.running = False
 
     def record(self, metric: Metric, context: trace.SpanContext | None = None) -> None:

@@ -26,13 +26,15 @@ import msgspec
 from opentelemetry.trace import INVALID_SPAN_ID
 
 from litestar_omnii_obs.config import ObservabilityConfig
-from litestar_omnii_obs.records import Metric
+from litestar_omnii_obs.records import ApiLatencyMetric, Metric
 
 __all__ = ["MetricWriter"]
 
 _logger = logging.getLogger("litestar_omnii_obs")
 
-_Item = tuple[float, Metric, int, int]
+#: A latency record's fields, queued without building the typed record: route, method, status, ms, error.
+_Latency = tuple[str, str, int, float, str | None]
+_Item = tuple[float, Metric | _Latency, int, int]
 
 
 class MetricWriter:
@@ -60,6 +62,7 @@ class MetricWriter:
         self._inflight = 0
         self._stamp_second = -1
         self._stamp_prefix = b""
+        self._latency_heads: dict[tuple[str, str], bytes] = {}
         self.off = self.sink == "off"
         if self.sink not in ("stdout", "stderr", "off"):
             try:
@@ -78,6 +81,22 @@ class MetricWriter:
                 _logger.warning("metrics queue full (%d lines); dropping lines until it drains", self._max_queue)
             return
         queue.append((time.time(), metric, trace_id, span_id))
+        if self._thread is None:
+            self._start()
+
+    def submit_latency(
+        self, route: str, method: str, status: int, duration: float, error: str | None, trace_id: int, span_id: int
+    ) -> None:
+        """Queue an ``api_latency`` line from its fields (the request path, when no one needs the typed record)."""
+        if self.off:
+            return
+        queue = self._queue
+        if len(queue) >= self._max_queue or self._closed:
+            self.dropped += 1
+            if self.dropped == 1:
+                _logger.warning("metrics queue full (%d lines); dropping lines until it drains", self._max_queue)
+            return
+        queue.append((time.time(), (route, method, status, duration, error), trace_id, span_id))
         if self._thread is None:
             self._start()
 
@@ -107,7 +126,27 @@ class MetricWriter:
         tail = self._stamp_prefix + b'.%06dZ"' % int((wall - second) * 1_000_000) + self._labels
         if span_id != INVALID_SPAN_ID:
             tail += b',"trace_id":"%032x","span_id":"%016x"' % (trace_id, span_id)
+        if type(metric) is tuple:
+            return self._latency_line(metric) + tail + b"}\n"
         return self._encoder.encode(metric)[:-1] + tail + b"}\n"
+
+    def _latency_line(self, fields: _Latency) -> bytes:
+        """The same bytes ``ApiLatencyMetric`` encodes to, without its closing brace."""
+        route, method, status, duration, error = fields
+        head = self._latency_heads.get((route, method))
+        if head is None:
+            if len(self._latency_heads) >= 4096:
+                self._latency_heads.clear()
+            head = self._latency_heads[(route, method)] = (
+                (
+                    self._encoder.encode(ApiLatencyMetric(route=route, method=method, status=0, duration=0.0))[:-1]
+                ).rsplit(b',"status":', 1)[0]
+                + b',"status":'
+            )
+        line = head + b'%d,"duration":%s' % (status, self._encoder.encode(duration))
+        if error is not None:
+            line += b',"error":' + self._encoder.encode(error)
+        return line
 
     def drain(self) -> None:
         """Write every queued line now (the writer thread and ``close`` call this)."""

@@ -20,13 +20,15 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -41,6 +43,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.sdk.version import __version__ as sdk_version
+from opentelemetry.trace import Span, SpanKind
 
 from litestar_omnii_obs._bounded import run_bounded
 from litestar_omnii_obs._compat import ExportLogFilter, follow_config_not_environ
@@ -48,6 +51,7 @@ from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_u
 from litestar_omnii_obs.durations import DurationsExporter, RequestDurations
 from litestar_omnii_obs.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, Target, build_metric_exporter
 from litestar_omnii_obs.records import GraphQueryMetric, Metric, SyncMetric
+from litestar_omnii_obs.sampling import PresetTraceIds, ServerSampling, new_trace_id
 from litestar_omnii_obs.shared import route_global_provider
 
 __all__ = [
@@ -166,6 +170,29 @@ class Telemetry:
             )
         self.pending_lines: Callable[[], int] = lambda: 0
         self.span_exporter: FanOutSpanExporter | None = None
+        self.sampling: ServerSampling | None = None  # None: the provider is not ours, ask it for every span
+        self.ids: PresetTraceIds | None = None
+        self.detachable: list[_WhileRunning] = []  # processors added to a provider that is not ours
+
+    def start_server_span(self, name: str, parent: Context | None, attributes: Callable[[], dict[str, Any]]) -> Span:
+        """The request's server span; ``attributes`` is called only for a span that will be recorded."""
+        sampling = self.sampling
+        if sampling is None or self.ids is None:
+            span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+            if span.is_recording():
+                span.set_attributes(attributes())
+            return span
+        parent_context = None
+        if parent is not None:
+            parent_context = trace.get_current_span(parent).get_span_context()
+            if not parent_context.is_valid:
+                parent_context = None
+        trace_id = new_trace_id() if parent_context is None else parent_context.trace_id
+        if not sampling.sampled(trace_id, parent_context):
+            return sampling.unsampled_span(trace_id, parent_context)
+        if parent_context is None:
+            self.ids.preset(trace_id)
+        return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes())
 
     def _queue_size(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.pending_lines())]
@@ -184,6 +211,8 @@ class Telemetry:
     async def shutdown(self) -> None:
         """Flush and shut both providers down off the event loop, giving up after ``shutdown_timeout``."""
         timeout = self.config.tracing.shutdown_timeout
+        for processor in self.detachable:
+            processor.active = False
         if self.owned:
 
             def work() -> None:
@@ -200,6 +229,28 @@ class Telemetry:
                 if count:
                     _logger.warning("%d span(s) were not delivered to %s", count, target)
         self._log_filter.remove()
+
+
+class _WhileRunning(SpanProcessor):
+    """Forwards to ``inner`` until this app stops (the processor stays in a provider the app does not own)."""
+
+    def __init__(self, inner: SpanProcessor) -> None:
+        self.inner = inner
+        self.active = True
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if self.active:
+            self.inner.on_start(span, parent_context)  # type: ignore[arg-type]
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.active:
+            self.inner.on_end(span)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
 
 
 def build_span_exporter(config: ObservabilityConfig, sentry_dsn: str | None) -> FanOutSpanExporter | None:
@@ -257,17 +308,27 @@ def setup_telemetry(
     existing = trace.get_tracer_provider()
     if tracing.use_global_provider and isinstance(existing, TracerProvider):
         _logger.warning("using the application's own OpenTelemetry TracerProvider; not installing another")
-        for processor in extra_processors:
-            existing.add_span_processor(processor)
-        return Telemetry(config, existing, None, owned=False, log_filter=log_filter)
+        # The SDK cannot remove a span processor: ours stop forwarding when this app stops.
+        added = [_WhileRunning(p) for p in extra_processors]
+        if capture_exporter is not None:
+            added.append(_WhileRunning(SimpleSpanProcessor(capture_exporter)))
+        for detachable in added:
+            existing.add_span_processor(detachable)
+        telemetry = Telemetry(config, existing, None, owned=False, log_filter=log_filter)
+        telemetry.detachable = added
+        return telemetry
 
     endpoint = tracing.traces_endpoint
     resource = build_resource(config)
     exporter = build_span_exporter(config, sentry_dsn)
     # With nobody to receive spans, record none: trace ids still exist for X-Request-ID and logs.
     consumers = bool(exporter or tracing.console or extra_processors or capture_exporter)
+    ids = PresetTraceIds()
     tracer_provider = TracerProvider(
-        resource=resource, shutdown_on_exit=False, sampler=build_sampler(config) if consumers else ALWAYS_OFF
+        resource=resource,
+        shutdown_on_exit=False,
+        sampler=build_sampler(config) if consumers else ALWAYS_OFF,
+        id_generator=ids,
     )
     follow_config_not_environ(tracer_provider, False)
     meter_provider: MeterProvider | None = None
@@ -311,4 +372,6 @@ def setup_telemetry(
         config, tracer_provider, meter_provider, owned=True, log_filter=log_filter, durations=durations
     )
     telemetry.span_exporter = exporter
+    telemetry.sampling = ServerSampling.from_config(config, consumers)
+    telemetry.ids = ids
     return telemetry

@@ -36,6 +36,7 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, Status, StatusCode
 
 from litestar_omnii_obs import runtime
 from litestar_omnii_obs.records import ApiLatencyMetric
+from litestar_omnii_obs.sampling import new_trace_id
 from litestar_omnii_obs.scrubbing import SecretScrubber
 from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
 
@@ -263,13 +264,17 @@ class RequestObserver:
         if telemetry is None:
             return _Exchange(perf_counter(), None, self._unmatched if route is None else route, label)
         parent = None
-        for name, _ in scope["headers"]:
-            if name in _PROPAGATION:  # the caller's trace context and baggage, parsed only when sent
-                propagation = {
-                    k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATION
-                }
-                parent = extract(propagation, getter=_GETTER)
+        for header, _ in scope["headers"]:
+            if header in _PROPAGATION:  # the caller's trace context and baggage, parsed only when sent
+                carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATION}
+                parent = extract(carrier, getter=_GETTER)
                 break
+        label_route = self._unmatched if route is None else route
+        sampling = telemetry.sampling
+        if parent is None and sampling is not None:  # a new trace: most are dropped, decide here cheaply
+            trace_id = new_trace_id()
+            if not sampling.sampled(trace_id, None):
+                return _Exchange(perf_counter(), sampling.unsampled_span(trace_id, None), label_route, label)
         prefix = label if label != "_OTHER" else "HTTP"
 
         def attributes() -> dict[str, Any]:
@@ -278,8 +283,12 @@ class RequestObserver:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _SPAN_HEADERS}
             return _request_attributes(scope, method, route, headers, query)
 
-        span = telemetry.start_server_span(f"{prefix} {route}" if route is not None else prefix, parent, attributes)
-        exchange = _Exchange(perf_counter(), span, self._unmatched if route is None else route, label)
+        name = f"{prefix} {route}" if route is not None else prefix
+        if parent is None and sampling is not None:
+            span = telemetry.start_sampled_root(name, trace_id, attributes())
+        else:
+            span = telemetry.start_server_span(name, parent, attributes)
+        exchange = _Exchange(perf_counter(), span, label_route, label)
         exchange.parent = parent
         return exchange
 

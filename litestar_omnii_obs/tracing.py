@@ -191,8 +191,14 @@ class Telemetry:
         if not sampling.sampled(trace_id, parent_context):
             return sampling.unsampled_span(trace_id, parent_context)
         if parent_context is None:
-            self.ids.preset(trace_id)
+            return self.start_sampled_root(name, trace_id, attributes())
         return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes())
+
+    def start_sampled_root(self, name: str, trace_id: int, attributes: dict[str, Any]) -> Span:
+        """A new trace's server span that :class:`ServerSampling` sampled: the SDK starts it with that trace id."""
+        assert self.ids is not None
+        self.ids.preset(trace_id)
+        return self.tracer.start_span(name, kind=SpanKind.SERVER, attributes=attributes)
 
     def _queue_size(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.pending_lines())]

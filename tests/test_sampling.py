@@ -1,0 +1,67 @@
+"""One sampling decision per trace: the plugin's fast decision and the SDK's sampler agree, trace by trace."""
+
+from __future__ import annotations
+
+import pytest
+from litestar import Litestar, get
+from litestar.testing import TestClient
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, SentryConfig, TracingConfig
+from litestar_omnii_obs.testing import ObservabilityCapture
+
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+@get("/ping")
+async def ping() -> str:
+    return "pong"
+
+
+def run(config: ObservabilityConfig, n: int, headers: dict[str, str] | None = None) -> list[str]:
+    with TestClient(Litestar(route_handlers=[ping], plugins=[ObservabilityPlugin(config)])) as client:
+        return [client.get("/ping", headers=headers).headers["x-request-id"] for _ in range(n)]
+
+
+def config(**tracing: object) -> ObservabilityConfig:
+    return ObservabilityConfig(
+        environment="production",
+        metrics=MetricsConfig(sink="off"),
+        sentry=SentryConfig(traces_sample_rate=0.25),
+        tracing=TracingConfig(**tracing),  # type: ignore[arg-type]
+    )
+
+
+def test_default_sampling_is_the_trace_id_ratio_rule_at_the_sentry_rate(obs_capture: ObservabilityCapture) -> None:
+    ids = run(config(), 400)
+    bound = TraceIdRatioBased.get_bound_for_rate(0.25)
+    expected = {i for i in ids if int(i, 16) & TraceIdRatioBased.TRACE_ID_LIMIT < bound}
+    recorded = {f"{s.context.trace_id:032x}" for s in obs_capture.spans if s.context is not None}
+    assert len(set(ids)) == 400  # every request has its own trace id, sampled or not
+    assert recorded == expected
+    assert 40 < len(recorded) < 160  # about a quarter
+
+
+@pytest.mark.parametrize(("flags", "recorded"), [("01", True), ("00", False)])
+def test_a_callers_decision_is_followed(obs_capture: ObservabilityCapture, flags: str, recorded: bool) -> None:
+    ids = run(config(), 5, {"traceparent": f"00-{CALLER_TRACE}-b7ad6b7169203331-{flags}"})
+    assert ids == [CALLER_TRACE] * 5
+    assert len(obs_capture.spans) == (5 if recorded else 0)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "share"),
+    [
+        ("always_on", None, 1.0),
+        ("always_off", None, 0.0),
+        ("traceidratio", 0.5, 0.5),
+        ("parentbased_always_off", None, 0),
+    ],
+)
+def test_an_explicit_sampler_rules(
+    obs_capture: ObservabilityCapture, sampler: str, arg: float | None, share: float
+) -> None:
+    ids = run(config(sampler=sampler, sampler_arg=arg), 200)
+    bound = TraceIdRatioBased.get_bound_for_rate(share)
+    expected = {i for i in ids if int(i, 16) & TraceIdRatioBased.TRACE_ID_LIMIT < bound}
+    assert {f"{s.context.trace_id:032x}" for s in obs_capture.spans if s.context is not None} == expected

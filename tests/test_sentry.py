@@ -324,6 +324,49 @@ def test_error_event_links_to_the_span_that_was_current(ingest: SentryIngest, si
     assert event["contexts"]["trace"]["span_id"] == span.span_id
 
 
+def test_a_joined_trace_reaches_sentry_whole_and_its_error_carries_the_same_trace_id(
+    ingest: SentryIngest, sink: Path
+) -> None:
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = {"traceparent": f"00-{caller_trace}-{caller_span}-01"}
+    with OtlpReceiver() as receiver:
+        tracing = TracingConfig(otlp_endpoint=receiver.endpoint)
+        app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=1.0, tracing=tracing))
+        with serve(app) as url, httpx.Client(base_url=url, headers=headers) as client:
+            ok = client.get("/users/1?token=hunter2-planted-secret")
+            failed = client.get("/boom")
+        [event] = ingest.wait_for_events(1)
+        sentry_spans = ingest.wait_for_otlp_spans(3)  # two server spans and the timed_operation child
+        sent = b"".join(ingest.raw_bodies())
+    assert ok.headers["x-request-id"] == failed.headers["x-request-id"] == caller_trace
+    servers = [s for s in sentry_spans if s.kind == "server"]
+    assert sorted(s.name for s in servers) == ["GET /boom", "GET /users/{user_id}"]
+    assert {(s.trace_id, s.parent_span_id) for s in servers} == {(caller_trace, caller_span)}
+    assert event["contexts"]["trace"]["trace_id"] == caller_trace
+    [boom_span] = [s for s in servers if s.name == "GET /boom"]
+    assert event["contexts"]["trace"]["span_id"] == boom_span.span_id
+    assert b"hunter2-planted-secret" not in sent
+    assert b"token=%5BFiltered%5D" in sent  # the span's url.query, scrubbed
+
+
+def test_an_explicit_sampler_rules_the_collector_and_sentry_keeps_its_share(ingest: SentryIngest, sink: Path) -> None:
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    with OtlpReceiver() as receiver:
+        tracing = TracingConfig(otlp_endpoint=receiver.endpoint, sampler="always_on")
+        app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=0.1, tracing=tracing))
+        with serve(app) as url, httpx.Client(base_url=url) as client:
+            ids = [client.get(f"/users/{i}").headers["x-request-id"] for i in range(300)]
+        collector = {s.trace_id for s in receiver.spans()}
+        expected = {
+            i for i in ids if int(i, 16) & TraceIdRatioBased.TRACE_ID_LIMIT < TraceIdRatioBased.get_bound_for_rate(0.1)
+        }
+        sentry = {s.trace_id for s in ingest.wait_for_otlp_spans(len(expected))}
+    assert collector == set(ids)  # always_on: the collector gets every trace
+    assert sentry == expected  # Sentry: the traces under its rate, by trace id
+    assert 10 < len(sentry) < 60
+
+
 def test_the_span_processor_path_still_works_when_chosen(ingest: SentryIngest, sink: Path) -> None:
     with OtlpReceiver() as receiver:
         tracing = TracingConfig(otlp_endpoint=receiver.endpoint)

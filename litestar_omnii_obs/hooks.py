@@ -32,7 +32,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Status, StatusCode
 
 from litestar_omnii_obs import runtime
 from litestar_omnii_obs.records import ApiLatencyMetric
@@ -174,7 +174,7 @@ class RequestObserver:
         """Litestar middleware factory: the outermost layer of each route (see :class:`ObserverMiddleware`)."""
         opt_key = self._opt_key
         exact, prefixes, http = self._exact, self._prefixes, ScopeType.HTTP
-        set_current = runtime.set_current
+        set_current = runtime.set_current_fast
         attach, detach, set_span_in_context = otel_context.attach, otel_context.detach, trace.set_span_in_context
 
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:
@@ -323,7 +323,7 @@ class RequestObserver:
             if durations is not None:
                 error_type = error if error is not None or status < 500 else str(status)
                 durations.record(duration, exchange.method, route, status, state["scheme"], error_type)
-            if span is not None:
+            if span is not None and type(span) is not NonRecordingSpan:  # nothing to add to a dropped span
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     if exc is not None:

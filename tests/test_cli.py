@@ -225,6 +225,23 @@ def test_check_shows_unconfigured_pipes_as_off_and_exits_0(ingest: SentryIngest)
     assert row(result.stdout, "sentry")[2] == "ok"
 
 
+@pytest.mark.parametrize("traces", ["unset", "dead"])
+def test_check_sends_the_metric_point_to_the_metrics_endpoint_the_app_exports_to(
+    traces: str, receiver: OtlpReceiver
+) -> None:
+    # The app exports OTLP metrics to OTEL_EXPORTER_OTLP_METRICS_ENDPOINT whether or not a traces endpoint is set;
+    # the check of that pipe must go (and say it goes) there.
+    env = {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": receiver.endpoint}
+    if traces == "dead":
+        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://{dead_url()}"
+    pipes = by_pipe(parsed(obs("check", "--json", "--timeout", "2", env=env)))
+
+    assert pipes["otlp-metrics"]["result"] == "ok", pipes
+    assert pipes["otlp-metrics"]["target"] == receiver.endpoint
+    assert receiver.metric_points("omnii.check")
+    assert pipes["otlp-traces"]["result"] == ("off" if traces == "unset" else "failed")
+
+
 # --------------------------------------------------------------------------- obs test-error
 
 

@@ -52,12 +52,21 @@ class Server:
 
 
 def start_server(
-    env: dict[str, str], tmp: Path, *, server: str = "uvicorn", workers: int = 1, stdout: int = subprocess.DEVNULL
+    env: dict[str, str],
+    tmp: Path,
+    *,
+    server: str = "uvicorn",
+    workers: int = 1,
+    stdout: int = subprocess.DEVNULL,
+    http: str | None = None,
 ) -> Server:
+    """``http``: uvicorn's HTTP implementation (``h11``, ``httptools``); ``None``: uvicorn's own choice."""
     port = free_port()
     if server == "uvicorn":
         command = [sys.executable, "-m", "uvicorn", "example_app.app:app", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--no-access-log", "--timeout-keep-alive", "30"]
+        if http is not None:
+            command += ["--http", http]
     else:
         command = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1"]
         command += ["--port", str(port), "--workers", str(workers), "--no-ws", "example_app.app:app"]

@@ -5,6 +5,8 @@
 * Oversized headers, broken percent-encoding, non-UTF-8 bytes and forged ``traceparent`` values never crash a
   request, and a bad ``traceparent`` starts a fresh trace.
 * Secrets planted everywhere a request or a handler can put them never reach Sentry or the metric lines.
+* Invented request methods (under uvicorn with h11, and granian, as subprocesses) are answered and labelled
+  ``_OTHER`` (span name ``HTTP``, the original kept in ``http.request.method_original``), never a label of their own.
 
 Figures from the first test are written to ``tests/reliability/results/hostile.json``.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import socket
 import string
 import time
@@ -41,6 +44,7 @@ from litestar_omnii_obs import (
 from tests.conftest import read_lines, serve
 from tests.peers.otlp_receiver import OtlpReceiver
 from tests.peers.sentry_ingest import SentryIngest
+from tests.reliability.servers import metric_lines, start_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 UNMATCHED = "UNMATCHED"
@@ -441,3 +445,170 @@ def test_planted_secrets_never_reach_sentry_or_metric_lines(receiver: OtlpReceiv
     spans = receiver.spans()
     exported = json.dumps([[s.name, s.attributes, [e.attributes for e in s.events]] for s in spans], default=str)
     assert [name for name, secret in SECRETS.items() if secret in exported] == []
+
+
+# --------------------------------------------------------------------------- (d) invented methods
+
+# Request-method tokens a client can invent (RFC 9110 token characters): none is a method the HTTP semantic
+# conventions know, so each must be labelled ``_OTHER``, never become a label value of its own.
+INVENTED_METHODS = (
+    "FOO",
+    "BREW",
+    "PURGE",
+    "PROPFIND",
+    "MKCOL",
+    "LINK",
+    "QUERY",
+    "SEARCH",
+    "M-SEARCH",
+    "get",  # methods are case-sensitive: not GET
+    "Post",
+    "GET2",
+    "DELETE-ALL",
+    "HEAD~",
+    "123",
+    "X_Y.Z",
+    "!#$%&'*+-.^_`|~",
+    "WHATEVER",
+    "A" * 100,
+    "Z" * 900,
+)
+STANDARD_METHODS = ("GET", "POST", "DELETE", "OPTIONS", "HEAD")
+METHOD_SERVERS = [
+    pytest.param("uvicorn", "h11", id="uvicorn-h11"),  # httptools refuses unknown methods itself; h11 passes them on
+    pytest.param("granian", None, id="granian"),
+]
+
+
+def invented_method_requests() -> list[tuple[str, str, dict[str, str]]]:
+    """(method, raw target, extra headers): every invented method on its own odd target, plus standard ones."""
+    targets = [
+        "/users/{i}",
+        "/graph/query",
+        "/nothing/{i}",
+        "/boom",
+        "/users/%zz{i}",
+        "/sync/" + "x" * 300 + "{i}",
+        "/" + "/".join(["seg{i}"] * 200),
+        "/users/{i}?token=abc&page={i}",
+    ]
+    requests: list[tuple[str, str, dict[str, str]]] = []
+    for i, method in enumerate(INVENTED_METHODS):
+        # Other client-chosen values ride along: a forwarded scheme (uvicorn trusts 127.0.0.1), a Host, a User-Agent.
+        headers = {"X-Forwarded-Proto": f"proto{i}", "Host": f"host-{i}.invalid", "User-Agent": f"agent/{i}"}
+        requests.append((method, targets[i % len(targets)].format(i=i), headers))
+    requests += [
+        ("GET", "/users/7", {"X-Forwarded-Proto": "https"}),
+        ("POST", "/graph/query", {}),
+        ("DELETE", "/users/7", {}),
+        ("OPTIONS", "/users/7", {}),
+        ("HEAD", "/users/7", {}),
+        ("GET", "/nothing/at/all", {}),
+    ]
+    return requests
+
+
+def send_one(port: int, method: str, target: str, headers: dict[str, str]) -> bytes:
+    """One request, byte for byte as given, on its own connection; everything the server answered."""
+    body = b'{"query": "MATCH (n) RETURN n"}' if method == "POST" else b""
+    fields = {"Host": "127.0.0.1", "Content-Type": "application/json", **headers}
+    lines = [f"{method} {target} HTTP/1.1", *(f"{name}: {value}" for name, value in fields.items())]
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    received = b""
+    # No half-close after sending (raw_exchange's): h11 would take it for a client gone before the answer.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall("\r\n".join(lines).encode("latin-1") + body)
+        while chunk := sock.recv(65536):  # the server closes after its answer (Connection: close)
+            received += chunk
+    return received
+
+
+def header_of(answer: bytes, name: bytes) -> str | None:
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return None
+
+
+@pytest.mark.parametrize(("server", "http"), METHOD_SERVERS)
+def test_invented_methods_are_answered_and_labelled_other(
+    server: str, http: str | None, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    sink = tmp_path / "metrics.jsonl"
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OMNII_OBS_METRICS_SINK": str(sink),
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OMNII_OBS_SHUTDOWN_TIMEOUT": "20",
+    }
+    requests = invented_method_requests()
+    process = start_server(env, tmp_path, server=server, http=http)
+    try:
+        answers = [send_one(port_of(process.url), method, target, headers) for method, target, headers in requests]
+    finally:
+        returncode = process.stop()
+    assert returncode in (0, -signal.SIGTERM), process.stderr()[-3000:]
+    templates = declared_templates(example_app(ObservabilityConfig()))
+
+    # The server answered every request, and every request reached the app (its answer carries X-Request-ID).
+    sent = [(method, target) for method, target, _ in requests]
+    statuses = {request: status_of(answer) for request, answer in zip(sent, answers, strict=True)}
+    request_ids = [header_of(answer, b"x-request-id") for answer in answers]
+    assert all(request_ids), [(m, t[:40]) for (m, t), rid in zip(sent, request_ids, strict=True) if not rid]
+    by_id = {rid: method for (method, _), rid in zip(sent, request_ids, strict=True) if rid is not None}
+    invented = {rid: method for rid, method in by_id.items() if method not in STANDARD_METHODS}
+    standard = {rid: method for rid, method in by_id.items() if method in STANDARD_METHODS}
+    assert len(invented) == len(INVENTED_METHODS)
+    for (method, target), status in statuses.items():
+        if method in STANDARD_METHODS:
+            assert status < 500, (method, target, status)
+        else:
+            assert status in (404, 405), (method, target[:60], status)  # refused by the router, not failed
+    assert statuses[("GET", "/users/7")] == 200
+    assert statuses[("POST", "/graph/query")] == 200
+
+    # Metric lines: one per request, method only a standard one or _OTHER, route a template or UNMATCHED.
+    lines = {line["trace_id"]: line for line in metric_lines(sink) if line["metric"] == "api_latency"}
+    assert set(lines) == set(invented) | set(standard)
+    assert {lines[rid]["method"] for rid in invented} == {"_OTHER"}
+    assert all(lines[rid]["method"] == method for rid, method in standard.items())
+    methods = {line["method"] for line in lines.values()}
+    assert methods <= set(STANDARD_METHODS) | {"_OTHER"}
+    assert len(methods) <= len(STANDARD_METHODS) + 1
+    assert {line["route"] for line in lines.values()} <= templates | {UNMATCHED}
+
+    # Spans: "HTTP" (or "HTTP <route>") for invented methods, the method as _OTHER and the original kept aside.
+    spans = {s.trace_id: s for s in receiver.wait_for_spans(len(requests), timeout=30) if s.kind == "server"}
+    assert set(spans) == set(lines)
+    for rid, method in invented.items():
+        span = spans[rid]
+        route = span.attributes.get("http.route")
+        assert span.name == ("HTTP" if route is None else f"HTTP {route}"), (method[:20], span.name)
+        assert route is None or route in templates
+        assert span.attributes["http.request.method"] == "_OTHER"
+        original = span.attributes["http.request.method_original"]
+        if len(method) <= 64:
+            assert original == method
+        else:  # a very long token may be cut, never replaced
+            assert original
+            assert method.startswith(original), original
+    for rid, method in standard.items():
+        span = spans[rid]
+        route = span.attributes.get("http.route")
+        assert span.name == (method if route is None else f"{method} {route}"), span.name
+        assert route is None or route in templates
+        assert span.attributes["http.request.method"] == method
+        assert "http.request.method_original" not in span.attributes
+    names = {s.name for s in spans.values()}
+    assert names <= {"HTTP", *STANDARD_METHODS} | {f"{m} {t}" for m in ("HTTP", *STANDARD_METHODS) for t in templates}
+
+    # OTLP duration points: the same bounded method and route labels; a forged scheme is not a label.
+    points = receiver.wait_for_metric("http.server.request.duration", timeout=30)
+    assert {p.attributes["http.request.method"] for p in points} <= set(STANDARD_METHODS) | {"_OTHER"}
+    assert "_OTHER" in {p.attributes["http.request.method"] for p in points}
+    assert {p.attributes["http.route"] for p in points} <= templates | {UNMATCHED}
+    assert {p.attributes["url.scheme"] for p in points} <= {"http", "https"}
+    assert "observing a request failed" not in process.stderr()
+    assert "Traceback" not in process.stderr()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
@@ -70,6 +71,7 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
         capture = runtime.active_capture()
         app_runtime = runtime.Runtime(config, MetricWriter(config))
         async with AsyncExitStack() as stack:
+            stack.push_async_callback(_drain_log_queues)  # last: what the shutdown logged reaches its handlers
             stack.push_async_callback(self._close_writer, app_runtime)
             if capture is not None:
                 app_runtime.metric_observers.append(capture.on_metric)
@@ -117,6 +119,28 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
                 timeout,
                 writer.pending(),
             )
+
+
+async def _drain_log_queues(timeout: float = 1.0) -> None:  # noqa: ASYNC109
+    """Wait (bounded) until queue-based log handlers (Litestar's default) have written what is queued.
+
+    Litestar's logging hands records to a listener thread and empties its queue only at exit;
+    a server that ends with a re-raised SIGTERM (uvicorn) skips that, and the shutdown's own
+    lines ("N metric line(s) lost") would be dropped.
+    """
+    queues: list[queue.Queue[object]] = []
+    for name in (None, _logger.name):
+        for handler in logging.getLogger(name).handlers:
+            pending = getattr(handler, "queue", None)
+            if isinstance(pending, queue.Queue):
+                queues.append(pending)
+
+    def drain() -> None:
+        for pending in queues:
+            pending.join()
+
+    if queues:
+        await run_bounded(drain, timeout, "log-drain")
 
 
 async def _close_sentry(reporter: sentry.SentryReporter) -> None:

@@ -11,7 +11,6 @@ from litestar.params import FromPath
 from litestar.testing import TestClient
 from opentelemetry.semconv.attributes import (
     client_attributes,
-    deployment_attributes,
     error_attributes,
     exception_attributes,
     http_attributes,
@@ -23,6 +22,11 @@ from opentelemetry.semconv.attributes import (
     user_agent_attributes,
 )
 from opentelemetry.semconv.metrics import http_metrics
+
+try:  # stable since semantic-conventions 0.57b0 (OpenTelemetry 1.36)
+    from opentelemetry.semconv.attributes import deployment_attributes
+except ImportError:  # the lowest supported OpenTelemetry: still incubating
+    from opentelemetry.semconv._incubating.attributes import deployment_attributes  # type: ignore[no-redef]
 
 from litestar_omnii_obs import ObservabilityConfig, ObservabilityPlugin, TracingConfig
 from litestar_omnii_obs.hooks import KNOWN_METHODS

@@ -57,10 +57,10 @@ class ConfigError(ValueError):
 
 
 def redact_url(url: str | None) -> str | None:
-    """The URL with its user-info part (a Sentry DSN's key, a password) shown as ``***``.
+    """The URL with its user-info part (a Sentry DSN's key, a password) and query values shown as ``***``.
 
-    Text that does not parse as a URL but contains ``@`` is cut to what follows the
-    last ``@``, so a credential can never be printed through this function.
+    Text that does not parse as a URL but contains ``@`` is cut to what follows the last
+    ``@``, so a credential can never be printed through this function.
     """
     if url is None:
         return None
@@ -68,8 +68,13 @@ def redact_url(url: str | None) -> str | None:
         parts = urlsplit(url)
     except ValueError:
         return "***@" + url.rsplit("@", 1)[1] if "@" in url else url
+    if parts.query:
+        hidden = "&".join(f"{item.partition('=')[0]}=***" for item in parts.query.split("&") if item)
+        parts = parts._replace(query=hidden)
     if "@" not in parts.netloc:
-        return "***@" + url.rsplit("@", 1)[1] if "@" in url else url
+        if "@" in parts.geturl():  # an "@" the parser did not take as user-info
+            return "***@" + parts.geturl().rsplit("@", 1)[1]
+        return parts.geturl()
     host = parts.netloc.rsplit("@", 1)[1]
     return parts._replace(netloc=f"***@{host}").geturl()
 

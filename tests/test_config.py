@@ -191,3 +191,20 @@ def test_unknown_prefixed_variable_is_warned_about(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING, logger="litestar_omnii_obs"):
         ObservabilityConfig.from_env({"OMNII_OBS_EXCLUDE_PATH": "/x"})
     assert any("OMNII_OBS_EXCLUDE_PATH" in r.getMessage() and "unknown" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:hunter2@collector:4317", "http://***@collector:4317"),
+        ("https://collector:4318/?api_key=hunter2&tenant=a", "https://collector:4318/?api_key=***&tenant=***"),
+        ("https://hunter2key@o1.ingest.example/5", "https://***@o1.ingest.example/5"),
+        ("http://collector:4317", "http://collector:4317"),
+    ],
+)
+def test_printed_urls_hide_user_info_and_query_values(url: str, shown: str) -> None:
+    from litestar_omnii_obs.config import redact_url
+
+    assert redact_url(url) == shown
+    config = ObservabilityConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": url})
+    assert "hunter2" not in repr(config)

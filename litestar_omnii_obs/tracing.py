@@ -219,22 +219,26 @@ class Telemetry:
         timeout = self.config.tracing.shutdown_timeout
         for processor in self.detachable:
             processor.active = False
-        if self.owned:
+        try:
+            if self.owned:
 
-            def work() -> None:
-                self.tracer_provider.shutdown()
-                if self.meter_provider is not None:
-                    self.meter_provider.shutdown(timeout_millis=timeout * 1000)
+                def work() -> None:
+                    self.tracer_provider.shutdown()
+                    if self.meter_provider is not None:
+                        self.meter_provider.shutdown(timeout_millis=timeout * 1000)
 
-            if not await run_bounded(work, timeout, "otel-shutdown"):
-                _logger.warning("OpenTelemetry shutdown did not finish within %.1fs; unsent spans are dropped", timeout)
-        if self._log_filter.dropped:
-            _logger.warning("%d span(s) were dropped because the export queue was full", self._log_filter.dropped)
-        if self.span_exporter is not None:
-            for target, count in self.span_exporter.dropped().items():
-                if count:
-                    _logger.warning("%d span(s) were not delivered to %s", count, target)
-        self._log_filter.remove()
+                if not await run_bounded(work, timeout, "otel-shutdown"):
+                    _logger.warning(
+                        "OpenTelemetry shutdown did not finish within %.1fs; unsent spans are dropped", timeout
+                    )
+            if self._log_filter.dropped:
+                _logger.warning("%d span(s) were dropped because the export queue was full", self._log_filter.dropped)
+            if self.span_exporter is not None:
+                for target, count in self.span_exporter.dropped().items():
+                    if count:
+                        _logger.warning("%d span(s) were not delivered to %s", count, target)
+        finally:
+            self._log_filter.remove()
 
 
 class _WhileRunning(SpanProcessor):
@@ -310,6 +314,20 @@ def setup_telemetry(
     """
     log_filter = ExportLogFilter()
     log_filter.install()
+    try:
+        return _build_telemetry(config, extra_processors, capture_exporter, sentry_dsn, log_filter)
+    except BaseException:
+        log_filter.remove()  # nothing of a failed start stays behind
+        raise
+
+
+def _build_telemetry(
+    config: ObservabilityConfig,
+    extra_processors: Sequence[SpanProcessor],
+    capture_exporter: SpanExporter | None,
+    sentry_dsn: str | None,
+    log_filter: ExportLogFilter,
+) -> Telemetry:
     tracing = config.tracing
     existing = trace.get_tracer_provider()
     if tracing.use_global_provider and isinstance(existing, TracerProvider):

@@ -69,7 +69,12 @@ def test_the_sdk_still_reports_dropped_spans_with_the_text_we_match() -> None:
 
     handler = Keep()
     loggers = [logging.getLogger(name) for name in _compat.SDK_EXPORT_LOGGERS]
+    # What the SDK logs, whatever earlier tests or apps did to these loggers (levels, filters, disabling).
+    saved = [(logger.level, logger.filters[:], logger.disabled) for logger in loggers]
     for logger in loggers:
+        logger.setLevel(logging.WARNING)
+        logger.filters.clear()
+        logger.disabled = False
         logger.addHandler(handler)
     exporter = _Stuck()
     provider = TracerProvider()
@@ -80,8 +85,11 @@ def test_the_sdk_still_reports_dropped_spans_with_the_text_we_match() -> None:
     finally:
         exporter.release.set()
         provider.shutdown()
-        for logger in loggers:
+        for logger, (level, filters, disabled) in zip(loggers, saved, strict=True):
             logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.filters[:] = filters
+            logger.disabled = disabled
     assert any(m.startswith(_compat.DROPPED_SPANS_MESSAGE) for m in messages), messages
 
 

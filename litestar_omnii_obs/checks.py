@@ -1,0 +1,343 @@
+"""Live checks for ``litestar obs``: one span, one metric point, one event, each to where the app sends it.
+
+The span and the metric point go through the exporter builders the app's lifespan uses
+(:func:`~litestar_omnii_obs.tracing.build_span_exporter`,
+:func:`~litestar_omnii_obs.tracing.build_metric_exporter_for`), the event through the app's
+Sentry path, so a check that passes means the app's own pipes work. Every check is bounded by
+its timeout, even against a dead peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import msgspec
+
+from litestar_omnii_obs.config import ObservabilityConfig, redact_url
+
+__all__ = ["DEFAULT_TIMEOUT", "ObservabilityTestError", "PipeResult", "check_pipes", "send_test_error"]
+
+#: ``--timeout`` default (seconds): how long a command waits for one peer.
+DEFAULT_TIMEOUT = 5.0
+
+Result = Literal["ok", "failed", "off"]
+
+# --------------------------------------------------------------------------- obs check
+
+
+@dataclass(frozen=True)
+class PipeResult:
+    """One pipe's outcome: ``off`` (not configured), ``ok`` or ``failed`` (with why)."""
+
+    pipe: str
+    target: str
+    result: Result
+    detail: str
+    time_ms: float | None
+
+
+def _short(exc: BaseException) -> str:
+    text = re.sub(r"<[^>]*>: ", "", str(exc)).strip()  # urllib3 prefixes "<...Connection object at 0x..>: "
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _otlp_target(config: ObservabilityConfig, endpoint: str | None) -> str:
+    from litestar_omnii_obs.env import display_value
+
+    target = redact_url(endpoint) or "-"
+    if config.tracing.otlp_headers:
+        target += " (headers " + display_value("tracing.otlp_headers", config.tracing.otlp_headers) + ")"
+    return target
+
+
+_NO_ANSWER = "export failed (no answer in time)"
+
+
+class _ExporterErrors(logging.Handler):
+    """Keeps the OTLP exporter's last error per thread (the reason an export failed); prints nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last: dict[int | None, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            message = record.getMessage()
+            reason = re.search(r" is failing \((.*)\); ", message)
+            if reason:
+                self.last[record.thread] = reason.group(1)[:160]
+                return
+            code = re.search(r"StatusCode\.(\w+)", message)
+            details = re.search(r"[Ee]rror details: (.*)", message)
+            self.last[record.thread] = (
+                " ".join(part for part in (code.group(1) if code else "", details.group(1) if details else "") if part)
+                or message.splitlines()[0][:160]
+            )
+
+
+@contextmanager
+def _quiet_loggers(names: Sequence[str], handler: logging.Handler) -> Iterator[None]:
+    """Route these loggers to ``handler`` only, so the check's output stays a table."""
+    saved = []
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate))
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, propagate in saved:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+
+def _bounded(config: ObservabilityConfig, timeout: float) -> ObservabilityConfig:
+    return msgspec.structs.replace(config, tracing=msgspec.structs.replace(config.tracing, export_timeout=timeout))
+
+
+def _check_traces(config: ObservabilityConfig, timeout: float, errors: _ExporterErrors) -> tuple[bool, str]:
+    """One span through the exporter the app builds (:func:`~litestar_omnii_obs.tracing.build_span_exporter`)."""
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from litestar_omnii_obs.tracing import build_resource, build_span_exporter
+
+    provider = TracerProvider(resource=build_resource(config), sampler=ALWAYS_ON, shutdown_on_exit=False)
+    span = provider.get_tracer("litestar_omnii_obs").start_span("litestar obs check", attributes={"omnii.check": True})
+    span.end()
+    exporter = build_span_exporter(_bounded(config, timeout), None)
+    if not isinstance(span, ReadableSpan) or exporter is None:  # pragma: no cover - ALWAYS_ON, endpoint set
+        return False, "could not build a test span"
+    try:
+        ok = exporter.export([span]) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    if ok:
+        return True, f"span {span.get_span_context().trace_id:032x}"
+    return False, errors.last.get(threading.get_ident()) or _NO_ANSWER
+
+
+def _check_metrics(config: ObservabilityConfig, timeout: float, errors: _ExporterErrors) -> tuple[bool, str]:
+    """One metric point through the exporter the app builds (``tracing.build_metric_exporter_for``)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
+
+    from litestar_omnii_obs.tracing import build_metric_exporter_for, build_resource
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(resource=build_resource(config), metric_readers=[reader], shutdown_on_exit=False)
+    counter = provider.get_meter("litestar_omnii_obs").create_counter("omnii.check", description="obs check point")
+    counter.add(1, {"omnii.check": "true"})
+    data = reader.get_metrics_data()
+    provider.shutdown()
+    if data is None:
+        return False, "no metric point was produced"
+    exporter = build_metric_exporter_for(_bounded(config, timeout))
+    try:
+        ok = exporter.export(data, timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    return (True, "1 point (omnii.check)") if ok else (False, errors.last.get(threading.get_ident()) or _NO_ANSWER)
+
+
+def _check_sentry(config: ObservabilityConfig, timeout: float) -> tuple[bool, str]:
+    import sentry_sdk
+    import urllib3
+    from sentry_sdk.transport import HttpTransport
+
+    outcome: dict[str, Any] = {}
+    answered = threading.Event()
+
+    class CheckTransport(HttpTransport):
+        """sentry-sdk's own HTTP transport, with no retries and the check's timeout; records the answer."""
+
+        def _get_pool_options(self) -> dict[str, Any]:
+            options: dict[str, Any] = super()._get_pool_options()
+            options["retries"] = False
+            options["timeout"] = urllib3.Timeout(total=timeout)
+            return options
+
+        def _send_request(self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Any = None) -> None:
+            try:
+                super()._send_request(body, headers, endpoint_type, envelope)
+            except Exception as exc:
+                outcome.setdefault("result", (False, _short(exc)))
+            answered.set()
+
+        def _handle_response(self, response: Any, envelope: Any) -> None:
+            super()._handle_response(response, envelope)
+            status = int(response.status)
+            if 200 <= status < 300:
+                outcome.setdefault("result", (True, f"HTTP {status}"))
+            else:
+                reason = " (rate limited)" if status == 429 else ""
+                outcome.setdefault("result", (False, f"HTTP {status}{reason}"))
+
+    client = sentry_sdk.Client(
+        dsn=config.sentry.dsn,
+        transport=CheckTransport,
+        environment=config.sentry.environment or config.environment,
+        release=config.sentry.release or config.version,
+        default_integrations=False,
+        auto_enabling_integrations=False,
+        send_client_reports=False,
+    )
+    try:
+        event_id = client.capture_event(
+            {
+                "message": f"litestar obs check from {config.service_name}",
+                "level": "info",
+                "logger": "litestar_omnii_obs.cli",
+                "tags": {"omnii.check": "true"},
+            }
+        )
+        if event_id is None:
+            return False, "sentry-sdk dropped the test event"
+        if not answered.wait(timeout + 1.0):
+            return False, f"no answer within {timeout:g}s"
+        ok, detail = outcome.get("result", (False, "no answer"))
+        return ok, f"{detail}, event {event_id}" if ok else detail
+    finally:
+        client.close(timeout=0.0)
+
+
+def _timed(pipe: str, target: str, run: Callable[[], tuple[bool, str]]) -> PipeResult:
+    start = time.perf_counter()
+    try:
+        ok, detail = run()
+    except Exception as exc:
+        ok, detail = False, _short(exc)
+    elapsed = round((time.perf_counter() - start) * 1000, 1)
+    return PipeResult(pipe, target, "ok" if ok else "failed", detail, elapsed)
+
+
+def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -> list[PipeResult]:
+    """Send one span, one metric point and one event where ``config`` says; wait for each answer.
+
+    The configured pipes run in parallel daemon threads, each bounded by ``timeout``; a pipe
+    still busy a second after that is reported as failed, so the whole check is bounded.
+    """
+    from litestar_omnii_obs._compat import SDK_EXPORT_LOGGERS
+
+    errors = _ExporterErrors()
+    traces = config.tracing_active and bool(config.tracing.traces_endpoint)
+    metrics = config.tracing_active and bool(config.tracing.metrics_endpoint)
+    otlp_off = "OTEL_EXPORTER_OTLP_ENDPOINT not set"
+    if not config.tracing.enabled:
+        otlp_off = "OMNII_OBS_TRACING=false"
+    elif config.tracing.sdk_disabled:
+        otlp_off = "OTEL_SDK_DISABLED=true"
+    pipes: list[tuple[str, str, Callable[[], tuple[bool, str]] | None, str]] = [
+        (
+            "otlp-traces",
+            _otlp_target(config, config.tracing.traces_endpoint),
+            partial(_check_traces, config, timeout, errors) if traces else None,
+            otlp_off,
+        ),
+        (
+            "otlp-metrics",
+            _otlp_target(config, config.tracing.metrics_endpoint),
+            partial(_check_metrics, config, timeout, errors) if metrics else None,
+            otlp_off,
+        ),
+        (
+            "sentry",
+            redact_url(config.sentry.dsn) or "-",
+            partial(_check_sentry, config, timeout) if config.sentry.dsn else None,
+            "SENTRY_DSN not set",
+        ),
+    ]
+    finished: dict[str, PipeResult] = {}
+    threads: dict[str, threading.Thread] = {}
+    for pipe, target, run, _ in pipes:
+        if run is not None:
+
+            def work(pipe: str = pipe, target: str = target, run: Callable[[], tuple[bool, str]] = run) -> None:
+                finished[pipe] = _timed(pipe, target, run)
+
+            threads[pipe] = threading.Thread(target=work, name=f"omnii-obs-check-{pipe}", daemon=True)
+    with _quiet_loggers((*SDK_EXPORT_LOGGERS, "litestar_omnii_obs"), errors):
+        for thread in threads.values():
+            thread.start()
+        deadline = time.monotonic() + timeout + 1.0
+        for thread in threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    results: list[PipeResult] = []
+    for pipe, target, _, why_off in pipes:
+        if pipe not in threads:
+            results.append(PipeResult(pipe, target, "off", why_off, None))
+        elif threads[pipe].is_alive() or pipe not in finished:
+            results.append(PipeResult(pipe, target, "failed", f"no answer within {timeout:g}s", None))
+        else:
+            results.append(finished[pipe])
+    return results
+
+
+# --------------------------------------------------------------------------- obs test-error
+
+
+class ObservabilityTestError(RuntimeError):
+    """Raised (and reported) by ``litestar obs test-error``."""
+
+
+#: How :class:`~litestar_omnii_obs.sentry.QuietHttpTransport` logs a failed send; group 1 is the reason.
+_SEND_FAILED = re.compile(r"^sending to Sentry at \S+ failed \((.*)\); ")
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def send_test_error(config: ObservabilityConfig, message: str, timeout: float) -> tuple[str | None, str | None]:
+    """Raise and report a test error through the request-error path; returns ``(event_id, failure)``.
+
+    Sentry is started by :func:`~litestar_omnii_obs.sentry.start_sentry` (same scrubber,
+    ``before_send``, ignored errors and transport as the app) and the error goes through the
+    reporter's ``capture``; then the queue is flushed within ``timeout``.
+    """
+    import sentry_sdk
+
+    from litestar_omnii_obs import sentry
+    from litestar_omnii_obs._compat import QuietHttpTransport
+
+    if not config.sentry.dsn:
+        return None, "SENTRY_DSN is not set: there is nowhere to send a test error"
+    # Bound the SDK's own flush at exit as well, so the command answers within about ``timeout``.
+    bounded = msgspec.structs.replace(config, sentry=msgspec.structs.replace(config.sentry, flush_timeout=timeout))
+    warnings = _Warnings()
+    with _quiet_loggers(("litestar_omnii_obs",), warnings):
+        reporter = sentry.start_sentry(bounded)
+        assert reporter is not None  # a DSN is set
+        try:
+            raise ObservabilityTestError(message)
+        except ObservabilityTestError as exc:
+            event_id = reporter.capture(exc, tags={"omnii.test_error": "true"})
+        transport = sentry_sdk.get_client().transport
+        started = time.monotonic()
+        sentry_sdk.flush(timeout=timeout)
+        drained = time.monotonic() - started < timeout * 0.98  # flush returns early once the queue is empty
+        reporter.close()
+    if event_id is None:
+        return None, "the event was dropped before sending (an ignored error type or a before_send hook)"
+    if isinstance(transport, QuietHttpTransport) and transport._failing:  # pyright: ignore[reportPrivateUsage]
+        reasons = [m.group(1) for m in map(_SEND_FAILED.search, warnings.messages) if m]
+        return event_id, f"Sentry did not accept it: {reasons[-1] if reasons else 'the send failed'}"
+    if not drained:
+        return event_id, f"Sentry did not answer within {timeout:g}s"
+    return event_id, None

@@ -13,13 +13,13 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
 import msgspec
 from sentry_sdk.utils import BadDsn, Dsn
 
-from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_url
+from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, Protocol, Sampler, SentryTraces, redact_url
 
 __all__ = ["ENV_PREFIX", "VARIABLES", "EnvVar", "display_value", "read_environ"]
 
@@ -196,15 +196,9 @@ def _sink(value: str) -> str:
     return value
 
 
-_SAMPLERS = (
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-)
-_PROTOCOLS = ("grpc", "http/protobuf")
+_SAMPLERS: tuple[str, ...] = get_args(Sampler)
+_PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+_SENTRY_TRACES: tuple[str, ...] = get_args(SentryTraces)
 
 _LABEL = "a non-blank label of at most 200 printable characters, without spaces"
 _BOOL = "one of true, false, 1, 0, yes, no, on, off"
@@ -243,7 +237,7 @@ VARIABLES: tuple[EnvVar, ...] = (
     EnvVar("SENTRY_ENVIRONMENT", "sentry.environment", _label, _LABEL),
     EnvVar("SENTRY_RELEASE", "sentry.release", _label, _LABEL),
     EnvVar("SENTRY_TRACES_SAMPLE_RATE", "sentry.traces_sample_rate", _float(0.0, 1.0), "a number in [0.0, 1.0]"),
-    EnvVar("OMNII_OBS_SENTRY_TRACES", "sentry.traces", _choice("otlp", "sdk", "off"), "one of otlp, sdk, off"),
+    EnvVar("OMNII_OBS_SENTRY_TRACES", "sentry.traces", _choice(*_SENTRY_TRACES), "one of " + ", ".join(_SENTRY_TRACES)),
     EnvVar(
         "OMNII_OBS_SENTRY_IGNORE_ERRORS",
         "sentry.ignore_errors",

@@ -72,22 +72,15 @@ class MetricWriter:
 
     def submit(self, metric: Metric, trace_id: int, span_id: int) -> None:
         """Queue one record with its trace ids; never blocks or raises."""
-        if self.off:
-            return
-        queue = self._queue
-        if len(queue) >= self._max_queue or self._closed:
-            self.dropped += 1
-            if self.dropped == 1:
-                _logger.warning("metrics queue full (%d lines); dropping lines until it drains", self._max_queue)
-            return
-        queue.append((time.time(), metric, trace_id, span_id))
-        if self._thread is None:
-            self._start()
+        self._put(metric, trace_id, span_id)
 
     def submit_latency(
         self, route: str, method: str, status: int, duration: float, error: str | None, trace_id: int, span_id: int
     ) -> None:
         """Queue an ``api_latency`` line from its fields (the request path, when no one needs the typed record)."""
+        self._put((route, method, status, duration, error), trace_id, span_id)
+
+    def _put(self, record: Metric | _Latency, trace_id: int, span_id: int) -> None:
         if self.off:
             return
         queue = self._queue
@@ -96,7 +89,7 @@ class MetricWriter:
             if self.dropped == 1:
                 _logger.warning("metrics queue full (%d lines); dropping lines until it drains", self._max_queue)
             return
-        queue.append((time.time(), (route, method, status, duration, error), trace_id, span_id))
+        queue.append((time.time(), record, trace_id, span_id))
         if self._thread is None:
             self._start()
 

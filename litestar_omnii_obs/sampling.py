@@ -87,3 +87,7 @@ class ServerSampling:
 
 def new_trace_id() -> int:
     return _getrandbits(128) or 1
+
+
+def new_span_id() -> int:
+    return _getrandbits(64) or 1

@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.trace import Span, SpanKind
 
@@ -51,7 +52,8 @@ from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_u
 from litestar_omnii_obs.durations import DurationsExporter, RequestDurations
 from litestar_omnii_obs.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, Target, build_metric_exporter
 from litestar_omnii_obs.records import GraphQueryMetric, Metric, SyncMetric
-from litestar_omnii_obs.sampling import PresetTraceIds, ServerSampling, new_trace_id
+from litestar_omnii_obs.sampling import PresetTraceIds, ServerSampling, new_span_id, new_trace_id
+from litestar_omnii_obs.server_span import ServerSpans
 from litestar_omnii_obs.shared import route_global_provider
 
 __all__ = [
@@ -172,6 +174,8 @@ class Telemetry:
         self.span_exporter: FanOutSpanExporter | None = None
         self.sampling: ServerSampling | None = None  # None: the provider is not ours, ask it for every span
         self.ids: PresetTraceIds | None = None
+        #: Sampled server spans without the SDK's per-span work, while the processors are all ours.
+        self.server_spans: ServerSpans | None = None
         self.detachable: list[_WhileRunning] = []  # processors added to a provider that is not ours
 
     def start_server_span(self, name: str, parent: Context | None, attributes: Callable[[], dict[str, Any]]) -> Span:
@@ -192,10 +196,14 @@ class Telemetry:
             return sampling.unsampled_span(trace_id, parent_context)
         if parent_context is None:
             return self.start_sampled_root(name, trace_id, attributes())
+        if self.server_spans is not None:
+            return self.server_spans.start(name, trace_id, new_span_id(), parent_context, attributes())
         return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes())
 
     def start_sampled_root(self, name: str, trace_id: int, attributes: dict[str, Any]) -> Span:
-        """A new trace's server span that :class:`ServerSampling` sampled: the SDK starts it with that trace id."""
+        """A new trace's server span that :class:`ServerSampling` sampled, with that trace id."""
+        if self.server_spans is not None:
+            return self.server_spans.start(name, trace_id, new_span_id(), None, attributes)
         assert self.ids is not None
         self.ids.preset(trace_id)
         return self.tracer.start_span(name, kind=SpanKind.SERVER, attributes=attributes)
@@ -357,10 +365,11 @@ def _build_telemetry(
     follow_config_not_environ(tracer_provider, False)
     meter_provider: MeterProvider | None = None
     durations: RequestDurations | None = None
+    processors: list[SpanProcessor] = []  # every processor the provider has, when none came from outside
     if capture_exporter is not None:
-        tracer_provider.add_span_processor(SimpleSpanProcessor(capture_exporter))
+        processors.append(SimpleSpanProcessor(capture_exporter))
     if exporter is not None:
-        tracer_provider.add_span_processor(
+        processors.append(
             BatchSpanProcessor(
                 exporter,
                 max_queue_size=tracing.bsp_max_queue_size,
@@ -385,10 +394,10 @@ def _build_telemetry(
         )
         follow_config_not_environ(meter_provider, False)
     if not endpoint and tracing.console:
-        tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+        processors.append(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     elif not endpoint and capture_exporter is None:
         _logger.warning("OTEL_EXPORTER_OTLP_ENDPOINT is not set: spans are created for trace ids but not exported")
-    for processor in extra_processors:
+    for processor in [*processors, *extra_processors]:
         tracer_provider.add_span_processor(processor)
     if tracing.set_global_provider:
         route_global_provider()
@@ -398,4 +407,6 @@ def _build_telemetry(
     telemetry.span_exporter = exporter
     telemetry.sampling = ServerSampling.from_config(config, consumers)
     telemetry.ids = ids
+    if not extra_processors:  # sentry-sdk's span processor needs the SDK's own spans (on_start)
+        telemetry.server_spans = ServerSpans(processors, resource, InstrumentationScope("litestar_omnii_obs"))
     return telemetry

@@ -1,0 +1,105 @@
+"""The sampled server span is recorded without the SDK's per-span work, yet behaves as an SDK span to users."""
+
+from __future__ import annotations
+
+from litestar import Litestar, get
+from litestar.testing import TestClient
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.trace import SpanKind, StatusCode
+
+from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, SentryConfig, timed_operation
+from litestar_omnii_obs.server_span import ServerSpan, ServerSpans
+from litestar_omnii_obs.testing import ObservabilityCapture
+
+
+@get("/work")
+async def work() -> str:
+    span = trace.get_current_span()
+    assert isinstance(span, ServerSpan)
+    span.set_attribute("app.user", "u-1")
+    span.set_attributes({"app.items": [1, 2, 3], "app.bad": {"no": "dicts"}})  # type: ignore[dict-item]
+    span.add_event("cache.miss", {"key": "k"})
+    span.update_name("GET /work (renamed)")
+    async with timed_operation("db"):
+        pass
+    with trace.get_tracer("user").start_as_current_span("user-span"):
+        pass
+    return "ok"
+
+
+@get("/fail")
+async def fail() -> None:
+    trace.get_current_span().set_status(StatusCode.OK)  # OK is final, as in the SDK
+    raise ValueError("nope")
+
+
+def run(*paths: str) -> None:
+    config = ObservabilityConfig(metrics=MetricsConfig(sink="off"), sentry=SentryConfig(traces_sample_rate=1.0))
+    with TestClient(Litestar(route_handlers=[work, fail], plugins=[ObservabilityPlugin(config)])) as client:
+        for path in paths:
+            client.get(path)
+
+
+def test_user_code_can_add_to_the_server_span_and_children_nest(obs_capture: ObservabilityCapture) -> None:
+    run("/work")
+    spans = {span.name: span for span in obs_capture.spans}
+    server = spans["GET /work (renamed)"]
+    assert server.kind is SpanKind.SERVER
+    assert server.attributes is not None
+    assert server.attributes["app.user"] == "u-1"
+    assert server.attributes["app.items"] == (1, 2, 3)
+    assert "app.bad" not in server.attributes  # invalid values are dropped, as the SDK does
+    assert server.attributes["http.response.status_code"] == 200
+    assert [(e.name, dict(e.attributes or {})) for e in server.events] == [("cache.miss", {"key": "k"})]
+    assert server.instrumentation_scope is not None
+    assert server.instrumentation_scope.name == "litestar_omnii_obs"
+    assert server.resource.attributes["service.name"] == "omnii-mcp"
+    assert server.start_time is not None
+    assert server.end_time is not None
+    assert server.start_time <= server.end_time
+    server_context = server.get_span_context()
+    assert server_context is not None
+    for child in ("db", "user-span"):
+        assert spans[child].parent is not None
+        assert spans[child].parent.span_id == server_context.span_id
+        assert spans[child].get_span_context().trace_id == server_context.trace_id  # type: ignore[union-attr]
+
+
+def test_a_failure_is_recorded_like_the_sdk_does(obs_capture: ObservabilityCapture) -> None:
+    run("/fail")
+    [server] = [span for span in obs_capture.spans if span.kind is SpanKind.SERVER]
+    assert server.attributes is not None
+    assert server.attributes["error.type"] == "ValueError"
+    assert server.status.status_code is StatusCode.OK  # the handler's OK stays
+    [event] = server.events
+    assert event.name == "exception"
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == "ValueError"
+    assert event.attributes["exception.message"] == "nope"
+    assert "Traceback" in str(event.attributes["exception.stacktrace"])
+
+
+class _Keep(SpanProcessor):
+    def __init__(self) -> None:
+        self.ended: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span)
+
+
+def test_an_ended_span_takes_nothing_more_and_ends_once() -> None:
+    keep = _Keep()
+    spans = ServerSpans([keep], Resource({"service.name": "s"}), None)
+    span = spans.start("GET /x", 1, 2, None, {"a": 1})
+    assert span.is_recording()
+    span.end()
+    span.end()
+    span.set_attribute("late", True)
+    span.add_event("late")
+    assert not span.is_recording()
+    [readable] = keep.ended
+    assert dict(readable.attributes or {}) == {"a": 1}
+    assert readable.events == ()
+    assert readable.get_span_context().trace_flags.sampled  # type: ignore[union-attr]

@@ -35,8 +35,6 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Status, StatusCode
 
 from litestar_omnii_obs import runtime
-from litestar_omnii_obs.records import ApiLatencyMetric
-from litestar_omnii_obs.sampling import new_trace_id
 from litestar_omnii_obs.scrubbing import SecretScrubber
 from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
 
@@ -116,14 +114,14 @@ class _Exchange:
 
     __slots__ = ("exc", "method", "parent", "route", "span", "start", "status")
 
-    def __init__(self, start: float, span: Span | None, route: str, method: str) -> None:
+    def __init__(self, start: float, span: Span | None, route: str, method: str, parent: Context | None) -> None:
         self.start = start
         self.span = span
         self.route = route
         self.method = method
+        self.parent = parent  # the caller's context (baggage), kept current under the span
         self.status = 500
         self.exc: BaseException | None = None
-        self.parent: Context | None = None  # the caller's context (baggage), kept current under the span
 
 
 class ObserverMiddleware:
@@ -174,7 +172,7 @@ class RequestObserver:
         """Litestar middleware factory: the outermost layer of each route (see :class:`ObserverMiddleware`)."""
         opt_key = self._opt_key
         exact, prefixes, http = self._exact, self._prefixes, ScopeType.HTTP
-        set_current = runtime.set_current_fast
+        set_current = runtime.set_current
         attach, detach, set_span_in_context = otel_context.attach, otel_context.detach, trace.set_span_in_context
 
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:
@@ -260,37 +258,35 @@ class RequestObserver:
     def _open(self, scope: Scope, route: str | None) -> _Exchange:
         method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
         label = method if method in KNOWN_METHODS else "_OTHER"
+        label_route = self._unmatched if route is None else route
         telemetry = self._telemetry
         if telemetry is None:
-            return _Exchange(perf_counter(), None, self._unmatched if route is None else route, label)
+            return _Exchange(perf_counter(), None, label_route, label, None)
         parent = None
         for header, _ in scope["headers"]:
             if header in _PROPAGATION:  # the caller's trace context and baggage, parsed only when sent
                 carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATION}
                 parent = extract(carrier, getter=_GETTER)
                 break
-        label_route = self._unmatched if route is None else route
-        sampling = telemetry.sampling
-        if parent is None and sampling is not None:  # a new trace: most are dropped, decide here cheaply
-            trace_id = new_trace_id()
-            if not sampling.sampled(trace_id, None):
-                return _Exchange(perf_counter(), sampling.unsampled_span(trace_id, None), label_route, label)
         prefix = label if label != "_OTHER" else "HTTP"
-
-        def attributes() -> dict[str, Any]:
-            raw_query: bytes = scope.get("query_string", b"")
-            query = self._scrubber.scrub_query(raw_query.decode("latin-1")) if raw_query else ""
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _SPAN_HEADERS}
-            return _request_attributes(scope, method, route, headers, query)
-
         name = f"{prefix} {route}" if route is not None else prefix
-        if parent is None and sampling is not None:
-            span = telemetry.start_sampled_root(name, trace_id, attributes())
+        span: Span
+        if telemetry.sampling is None:  # a provider that is not ours
+            span = telemetry.start_foreign(name, parent, lambda: self._span_attributes(scope, method, route))
         else:
-            span = telemetry.start_server_span(name, parent, attributes)
-        exchange = _Exchange(perf_counter(), span, label_route, label)
-        exchange.parent = parent
-        return exchange
+            sampled, trace_id, parent_context = telemetry.sample(parent)
+            if not sampled:  # most requests in production: ids only, nothing else is computed
+                span = telemetry.sampling.unsampled_span(trace_id, parent_context)
+            else:
+                attributes = self._span_attributes(scope, method, route)
+                span = telemetry.start_sampled(name, trace_id, parent_context, parent, attributes)
+        return _Exchange(perf_counter(), span, label_route, label, parent)
+
+    def _span_attributes(self, scope: Scope, method: str, route: str | None) -> dict[str, Any]:
+        raw_query: bytes = scope.get("query_string", b"")
+        query = self._scrubber.scrub_query(raw_query.decode("latin-1")) if raw_query else ""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _SPAN_HEADERS}
+        return _request_attributes(scope, method, route, headers, query)
 
     def _close(self, state: dict[str, Any], exchange: _Exchange) -> None:
         """Write the latency record and end the span; exactly once per request."""
@@ -303,20 +299,14 @@ class RequestObserver:
             exc = exchange.exc
             error = type(exc).__qualname__ if status >= 500 and exc is not None else None
             if self._record_latency:
-                app_runtime = self._runtime or runtime.current()
-                context = INVALID_SPAN_CONTEXT if span is None else span.get_span_context()
-                duration_ms = round(duration * 1000.0, 3)
-                if app_runtime.request_observers:
-                    metric = ApiLatencyMetric(
-                        route=route, method=exchange.method, status=status, duration=duration_ms, error=error
-                    )
-                    app_runtime.writer.submit(metric, context.trace_id, context.span_id)
-                    for observer in app_runtime.request_observers:
-                        observer(metric)
-                else:  # nobody needs the typed record: the writer encodes these fields directly
-                    app_runtime.writer.submit_latency(
-                        route, exchange.method, status, duration_ms, error, context.trace_id, context.span_id
-                    )
+                (self._runtime or runtime.current()).record_latency(
+                    route,
+                    exchange.method,
+                    status,
+                    round(duration * 1000.0, 3),
+                    error,
+                    INVALID_SPAN_CONTEXT if span is None else span.get_span_context(),
+                )
             if status >= 500 and exc is not None and self._log_errors:
                 self._log_server_error(state, exchange, exc)
             durations = None if self._telemetry is None else self._telemetry.request_duration

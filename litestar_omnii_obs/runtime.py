@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from opentelemetry import trace
 
 from litestar_omnii_obs.config import ObservabilityConfig
+from litestar_omnii_obs.records import ApiLatencyMetric
 from litestar_omnii_obs.sink import MetricWriter
 
 if TYPE_CHECKING:
@@ -81,6 +82,18 @@ class Runtime:
         for observer in self.metric_observers:
             observer(metric)
 
+    def record_latency(
+        self, route: str, method: str, status: int, duration: float, error: str | None, context: trace.SpanContext
+    ) -> None:
+        """One request's ``api_latency`` line; the typed record is built only when an observer wants it."""
+        if not self.request_observers:
+            self.writer.submit_latency(route, method, status, duration, error, context.trace_id, context.span_id)
+            return
+        metric = ApiLatencyMetric(route=route, method=method, status=status, duration=duration, error=error)
+        self.writer.submit(metric, context.trace_id, context.span_id)
+        for observer in self.request_observers:
+            observer(metric)
+
     def operation_done(self, name: str, duration: float, exc: BaseException | None) -> None:
         for observer in self.operation_observers:
             observer(name, duration, exc)
@@ -127,13 +140,8 @@ def leave(runtime: Runtime) -> None:
             _running.remove(runtime)
 
 
-def set_current(runtime: Runtime) -> None:
-    """Make ``runtime`` current for this request's task (the middleware calls this)."""
-    _current.set(runtime)
-
-
-#: ``set_current`` without the extra call, for the per-request path.
-set_current_fast = _current.set
+#: Make a runtime current for this request's task (the middleware calls this on every request).
+set_current = _current.set
 
 
 def install_capture(capture: Capture) -> Callable[[], None]:

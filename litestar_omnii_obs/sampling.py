@@ -16,7 +16,7 @@ import random
 import threading
 
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from litestar_omnii_obs.config import ObservabilityConfig
@@ -50,27 +50,37 @@ class PresetTraceIds(IdGenerator):
 
 
 class ServerSampling:
-    """The configured built-in sampler's rule, applied to a trace id and an optional parent."""
+    """The sampling rule from the config, applied here and handed to the SDK as its sampler.
 
-    __slots__ = ("bound", "parent_based")
+    One rule, two users: the request hook applies it to a trace id before any span exists,
+    and :meth:`sdk_sampler` gives the SDK the equivalent sampler for every other span (your
+    spans, ``timed_operation``), so both decide the same for the same trace.
+    """
 
-    def __init__(self, bound: int, parent_based: bool) -> None:
-        self.bound = bound
+    __slots__ = ("bound", "parent_based", "rate")
+
+    def __init__(self, rate: float, parent_based: bool) -> None:
+        self.rate = rate
         self.parent_based = parent_based
+        self.bound = TraceIdRatioBased.get_bound_for_rate(rate)
 
     @classmethod
     def from_config(cls, config: ObservabilityConfig, consumers: bool) -> ServerSampling:
-        """The rule of :func:`~litestar_omnii_obs.tracing.build_sampler` (nothing sampled without consumers)."""
+        """``OTEL_TRACES_SAMPLER`` (and ``_ARG``); unset, parent-based at the Sentry rate; nothing without consumers."""
         if not consumers:
-            return cls(0, False)
+            return cls(0.0, False)
         tracing = config.tracing
         name = tracing.sampler
-        arg = 1.0 if tracing.sampler_arg is None else tracing.sampler_arg
         if name is None:
-            return cls(TraceIdRatioBased.get_bound_for_rate(config.sentry_traces_sample_rate), True)
-        rate = {"always_on": 1.0, "always_off": 0.0, "parentbased_always_on": 1.0, "parentbased_always_off": 0.0}
-        bound = TraceIdRatioBased.get_bound_for_rate(rate.get(name, arg))
-        return cls(bound, name.startswith("parentbased_"))
+            return cls(config.sentry_traces_sample_rate, True)
+        fixed = {"always_on": 1.0, "always_off": 0.0, "parentbased_always_on": 1.0, "parentbased_always_off": 0.0}
+        arg = 1.0 if tracing.sampler_arg is None else tracing.sampler_arg
+        return cls(fixed.get(name, arg), name.startswith("parentbased_"))
+
+    def sdk_sampler(self) -> Sampler:
+        """The SDK sampler that decides as :meth:`sampled` does."""
+        root = ALWAYS_ON if self.rate >= 1.0 else ALWAYS_OFF if self.rate <= 0.0 else TraceIdRatioBased(self.rate)
+        return ParentBased(root) if self.parent_based else root
 
     def sampled(self, trace_id: int, parent: SpanContext | None) -> bool:
         if parent is not None and self.parent_based:
@@ -80,9 +90,8 @@ class ServerSampling:
     @staticmethod
     def unsampled_span(trace_id: int, parent: SpanContext | None) -> NonRecordingSpan:
         """What the SDK returns for a dropped span: fresh span id, the trace's id and state."""
-        span_id = _getrandbits(64) or 1
         state = None if parent is None else parent.trace_state
-        return NonRecordingSpan(SpanContext(trace_id, span_id, False, _NOT_SAMPLED, state))
+        return NonRecordingSpan(SpanContext(trace_id, new_span_id(), False, _NOT_SAMPLED, state))
 
 
 def new_trace_id() -> int:

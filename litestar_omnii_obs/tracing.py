@@ -35,21 +35,13 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    ParentBased,
-    Sampler,
-    TraceIdRatioBased,
-)
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.sdk.version import __version__ as sdk_version
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanContext, SpanKind
 
 from litestar_omnii_obs._bounded import run_bounded
 from litestar_omnii_obs._compat import ExportLogFilter, follow_config_not_environ
 from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_url
-from litestar_omnii_obs.durations import DurationsExporter, RequestDurations
+from litestar_omnii_obs.durations import SCOPE, DurationsExporter, RequestDurations
 from litestar_omnii_obs.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, Target, build_metric_exporter
 from litestar_omnii_obs.records import GraphQueryMetric, Metric, SyncMetric
 from litestar_omnii_obs.sampling import PresetTraceIds, ServerSampling, new_span_id, new_trace_id
@@ -60,7 +52,6 @@ __all__ = [
     "Telemetry",
     "build_metric_exporter_for",
     "build_resource",
-    "build_sampler",
     "build_span_exporter",
     "setup_telemetry",
 ]
@@ -69,27 +60,6 @@ _logger = logging.getLogger("litestar_omnii_obs")
 
 
 # --------------------------------------------------------------------------- sampling and resource
-
-
-def build_sampler(config: ObservabilityConfig) -> Sampler:
-    """The config's sampler; unset, parent-based by trace-id ratio at the Sentry traces rate."""
-    tracing = config.tracing
-    arg = 1.0 if tracing.sampler_arg is None else tracing.sampler_arg
-    name = tracing.sampler
-    if name is None:
-        rate = config.sentry_traces_sample_rate
-        return ParentBased(ALWAYS_ON if rate >= 1.0 else TraceIdRatioBased(rate))
-    if name == "always_on":
-        return ALWAYS_ON
-    if name == "always_off":
-        return ALWAYS_OFF
-    if name == "traceidratio":
-        return TraceIdRatioBased(arg)
-    if name == "parentbased_always_on":
-        return ParentBased(ALWAYS_ON)
-    if name == "parentbased_always_off":
-        return ParentBased(ALWAYS_OFF)
-    return ParentBased(TraceIdRatioBased(arg))
 
 
 def build_resource(config: ObservabilityConfig) -> Resource:
@@ -178,35 +148,39 @@ class Telemetry:
         self.server_spans: ServerSpans | None = None
         self.detachable: list[_WhileRunning] = []  # processors added to a provider that is not ours
 
-    def start_server_span(self, name: str, parent: Context | None, attributes: Callable[[], dict[str, Any]]) -> Span:
-        """The request's server span; ``attributes`` is called only for a span that will be recorded."""
-        sampling = self.sampling
-        if sampling is None or self.ids is None:
-            span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
-            if span.is_recording():
-                span.set_attributes(attributes())
-            return span
+    def sample(self, parent: Context | None) -> tuple[bool, int, SpanContext | None]:
+        """The one decision for a server span: (sampled, its trace id, the caller's valid span context)."""
+        assert self.sampling is not None
         parent_context = None
         if parent is not None:
             parent_context = trace.get_current_span(parent).get_span_context()
             if not parent_context.is_valid:
                 parent_context = None
         trace_id = new_trace_id() if parent_context is None else parent_context.trace_id
-        if not sampling.sampled(trace_id, parent_context):
-            return sampling.unsampled_span(trace_id, parent_context)
-        if parent_context is None:
-            return self.start_sampled_root(name, trace_id, attributes())
-        if self.server_spans is not None:
-            return self.server_spans.start(name, trace_id, new_span_id(), parent_context, attributes())
-        return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes())
+        return self.sampling.sampled(trace_id, parent_context), trace_id, parent_context
 
-    def start_sampled_root(self, name: str, trace_id: int, attributes: dict[str, Any]) -> Span:
-        """A new trace's server span that :class:`ServerSampling` sampled, with that trace id."""
+    def start_sampled(
+        self,
+        name: str,
+        trace_id: int,
+        parent_context: SpanContext | None,
+        parent: Context | None,
+        attributes: dict[str, Any],
+    ) -> Span:
+        """A server span :meth:`sample` kept, in the trace it was decided for."""
         if self.server_spans is not None:
-            return self.server_spans.start(name, trace_id, new_span_id(), None, attributes)
-        assert self.ids is not None
-        self.ids.preset(trace_id)
-        return self.tracer.start_span(name, kind=SpanKind.SERVER, attributes=attributes)
+            return self.server_spans.start(name, trace_id, new_span_id(), parent_context, attributes)
+        if parent_context is None:
+            assert self.ids is not None
+            self.ids.preset(trace_id)  # the SDK's sampler then sees the trace id the decision was made on
+        return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+
+    def start_foreign(self, name: str, parent: Context | None, attributes: Callable[[], dict[str, Any]]) -> Span:
+        """A server span from a provider that is not ours: its own sampler decides."""
+        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():
+            span.set_attributes(attributes())
+        return span
 
     def _queue_size(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self.pending_lines())]
@@ -356,11 +330,9 @@ def _build_telemetry(
     # With nobody to receive spans, record none: trace ids still exist for X-Request-ID and logs.
     consumers = bool(exporter or tracing.console or extra_processors or capture_exporter)
     ids = PresetTraceIds()
+    sampling = ServerSampling.from_config(config, consumers)
     tracer_provider = TracerProvider(
-        resource=resource,
-        shutdown_on_exit=False,
-        sampler=build_sampler(config) if consumers else ALWAYS_OFF,
-        id_generator=ids,
+        resource=resource, shutdown_on_exit=False, sampler=sampling.sdk_sampler(), id_generator=ids
     )
     follow_config_not_environ(tracer_provider, False)
     meter_provider: MeterProvider | None = None
@@ -405,8 +377,8 @@ def _build_telemetry(
         config, tracer_provider, meter_provider, owned=True, log_filter=log_filter, durations=durations
     )
     telemetry.span_exporter = exporter
-    telemetry.sampling = ServerSampling.from_config(config, consumers)
+    telemetry.sampling = sampling
     telemetry.ids = ids
     if not extra_processors:  # sentry-sdk's span processor needs the SDK's own spans (on_start)
-        telemetry.server_spans = ServerSpans(processors, resource, InstrumentationScope("litestar_omnii_obs"))
+        telemetry.server_spans = ServerSpans(processors, resource, SCOPE)
     return telemetry

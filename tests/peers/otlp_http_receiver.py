@@ -17,26 +17,19 @@ Typical use::
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import socket
-import threading
-import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from tests.peers.http_peer import HttpPeer, TrackedHTTPServer
 from tests.peers.otlp_receiver import MetricPoint, ReceivedSpan, Signal, _decode_metrics, _decode_spans
 
 __all__ = ["HttpExportRequest", "OtlpHttpReceiver"]
-
-T = TypeVar("T")
 
 _PATHS: dict[str, Signal] = {"/v1/traces": "traces", "/v1/metrics": "metrics"}
 
@@ -61,34 +54,13 @@ class _Failure:
     retry_after: str | None
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(TrackedHTTPServer):
     daemon_threads = True
     block_on_close = False
-    allow_reuse_address = True
 
     def __init__(self, receiver: OtlpHttpReceiver, address: tuple[str, int]) -> None:
         self.receiver = receiver
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def kick_connections(self) -> None:
-        with self.sockets_lock:
-            sockets = list(self.open_sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -119,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class OtlpHttpReceiver:
+class OtlpHttpReceiver(HttpPeer):
     """An OTLP/HTTP trace + metrics collector on ``127.0.0.1``.
 
     ``port=None`` binds a free port on the first :meth:`start`; later starts (after :meth:`stop`) rebind the
@@ -132,14 +104,7 @@ class OtlpHttpReceiver:
 
     def __init__(self, port: int | None = None, *, delay: float = 0.0) -> None:
         self.delay = delay
-        self._requested_port = port or 0
-        self._bound_port: int | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._lifecycle = threading.Lock()
-        self._cond = threading.Condition()
-        self._generation = 0
+        super().__init__(port)
         self._spans: list[ReceivedSpan] = []
         self._points: list[MetricPoint] = []
         self._requests: list[HttpExportRequest] = []
@@ -148,52 +113,8 @@ class OtlpHttpReceiver:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def start(self) -> Self:
-        with self._lifecycle:
-            if self._server is not None:
-                raise RuntimeError("OtlpHttpReceiver already started")
-            port = self._bound_port if self._bound_port is not None else self._requested_port
-            server = _Server(self, ("127.0.0.1", port))
-            self._bound_port = server.server_address[1]
-            self._stopping.clear()
-            self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="otlp-http-receiver", daemon=True
-            )
-            self._thread.start()
-            return self
-
-    def stop(self) -> None:
-        """Stop serving: the port closes, open connections are cut, pending delays end. Safe to call twice."""
-        with self._lifecycle:
-            server, self._server = self._server, None
-            thread, self._thread = self._thread, None
-            if server is None:
-                return
-            self._stopping.set()
-            server.shutdown()
-            server.kick_connections()
-            server.server_close()
-            if thread is not None:
-                thread.join()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    @property
-    def port(self) -> int:
-        if self._bound_port is None:
-            raise RuntimeError("OtlpHttpReceiver has not been started")
-        return self._bound_port
+    def _make_server(self, address: tuple[str, int]) -> _Server:
+        return _Server(self, address)
 
     @property
     def endpoint(self) -> str:
@@ -276,8 +197,7 @@ class OtlpHttpReceiver:
             self._requests.append(record)
             self._spans.extend(spans)
             self._points.extend(points)
-            self._generation += 1
-            self._cond.notify_all()
+            self._arrived()
         if delay > 0 and self._stopping.wait(delay):
             handler.close_connection = True
             return
@@ -318,8 +238,7 @@ class OtlpHttpReceiver:
             self._spans.clear()
             self._points.clear()
             self._requests.clear()
-            self._generation += 1
-            self._cond.notify_all()
+            self._arrived()
 
     def describe(self) -> str:
         with self._cond:
@@ -328,24 +247,6 @@ class OtlpHttpReceiver:
         return f"{len(requests)} request(s) {requests[:20]}; spans {names[:50]}"
 
     # -- waiting ------------------------------------------------------------------------------------
-
-    def wait_for(self, predicate: Callable[[], T | None], timeout: float = 10.0) -> T:
-        """Re-evaluate ``predicate`` whenever something arrives; return its first truthy result."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._cond:
-                generation = self._generation
-            result = predicate()
-            if result:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"OtlpHttpReceiver: condition not met within {timeout}s; received: {self.describe()}"
-                )
-            with self._cond:
-                if self._generation == generation:
-                    self._cond.wait(remaining)
 
     def wait_for_spans(self, n: int, timeout: float = 10.0) -> list[ReceivedSpan]:
         if n <= 0:

@@ -18,24 +18,19 @@ Everything is thread-safe; the wait helpers never assert on wall-clock time.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import re
-import socket
-import threading
-import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from tests.peers.http_peer import HttpPeer, TrackedHTTPServer
 from tests.peers.otlp_receiver import ReceivedSpan, _decode_spans
 
 try:  # optional, like in sentry_sdk.transport
@@ -51,8 +46,6 @@ __all__ = [
     "SentryIngest",
     "parse_envelope",
 ]
-
-T = TypeVar("T")
 
 _ENVELOPE_PATH = re.compile(r"^/api/(?P<project>[^/]+)/envelope/?$")
 #: ``Auth.get_api_url(EndpointType.OTLP_TRACES)`` in sentry-sdk.
@@ -195,36 +188,13 @@ def _auth_key(auth: str) -> str | None:
     return None
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(TrackedHTTPServer):
     daemon_threads = False  # so server_close() joins every handler thread
     block_on_close = True
-    allow_reuse_address = True
 
     def __init__(self, ingest: SentryIngest, address: tuple[str, int]) -> None:
         self.ingest = ingest
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # Like any real server: without this, Nagle holds the body behind the headers
-        # until the client's delayed ACK (40 ms per request on loopback).
-        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def kick_connections(self) -> None:
-        with self.sockets_lock:
-            sockets = list(self.open_sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -276,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
 # --------------------------------------------------------------------------- the ingest
 
 
-class SentryIngest:
+class SentryIngest(HttpPeer):
     """A Sentry envelope endpoint on ``127.0.0.1``; point an SDK at :attr:`dsn`.
 
     Runtime knobs (plain attributes, read once per request): ``status`` (default 200), ``delay`` (seconds to
@@ -301,64 +271,13 @@ class SentryIngest:
         self.delay = delay
         self.retry_after = retry_after
         self.rate_limits = rate_limits
-        self._requested_port = port or 0
-        self._bound_port: int | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._lifecycle = threading.Lock()
-        self._cond = threading.Condition()
-        self._generation = 0
+        super().__init__(port)
         self._requests: list[ReceivedRequest] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def start(self) -> Self:
-        with self._lifecycle:
-            if self._server is not None:
-                raise RuntimeError("SentryIngest already started")
-            port = self._bound_port if self._bound_port is not None else self._requested_port
-            server = _Server(self, ("127.0.0.1", port))
-            self._bound_port = server.server_address[1]
-            self._stopping.clear()
-            self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="sentry-ingest", daemon=True
-            )
-            self._thread.start()
-            return self
-
-    def stop(self) -> None:
-        """Stop serving: pending delays are cut short, open connections closed. Safe to call twice."""
-        with self._lifecycle:
-            server, self._server = self._server, None
-            thread, self._thread = self._thread, None
-            if server is None:
-                return
-            self._stopping.set()
-            server.shutdown()
-            server.kick_connections()
-            server.server_close()
-            if thread is not None:
-                thread.join()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    @property
-    def port(self) -> int:
-        if self._bound_port is None:
-            raise RuntimeError("SentryIngest has not been started")
-        return self._bound_port
+    def _make_server(self, address: tuple[str, int]) -> _Server:
+        return _Server(self, address)
 
     @property
     def url(self) -> str:
@@ -459,8 +378,7 @@ class SentryIngest:
         )
         with self._cond:  # recorded on receipt, so a pending (delayed) request is already visible
             self._requests.append(record)
-            self._generation += 1
-            self._cond.notify_all()
+            self._arrived()
 
         if delay > 0 and self._stopping.wait(delay):
             handler.close_connection = True
@@ -547,8 +465,7 @@ class SentryIngest:
     def clear(self) -> None:
         with self._cond:
             self._requests.clear()
-            self._generation += 1
-            self._cond.notify_all()
+            self._arrived()
 
     def describe(self) -> str:
         """A short human summary of everything received (used in timeout messages)."""
@@ -561,25 +478,6 @@ class SentryIngest:
         return f"{self.requests_received} request(s): " + "; ".join(parts)
 
     # -- waiting ------------------------------------------------------------------------------------
-
-    def wait_for(self, predicate: Callable[[], T | None], timeout: float = 10.0) -> T:
-        """Re-evaluate ``predicate`` whenever a request arrives; return its first truthy result.
-
-        Raises ``TimeoutError`` (listing what was received) if it stays falsy for ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._cond:
-                generation = self._generation
-            result = predicate()
-            if result:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"SentryIngest: condition not met within {timeout}s; received: {self.describe()}")
-            with self._cond:
-                if self._generation == generation:  # nothing new yet: sleep until something arrives
-                    self._cond.wait(remaining)
 
     def wait_for_events(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Wait until at least ``n`` accepted error events arrived; return all accepted events."""

@@ -308,7 +308,7 @@ class RequestObserver:
                     INVALID_SPAN_CONTEXT if span is None else span.get_span_context(),
                 )
             if status >= 500 and exc is not None and self._log_errors:
-                self._log_server_error(state, exchange, exc)
+                self._log_server_error(exchange, exc)
             durations = None if self._telemetry is None else self._telemetry.request_duration
             if durations is not None:
                 error_type = error if error is not None or status < 500 else str(status)
@@ -324,7 +324,7 @@ class RequestObserver:
         except Exception:
             self._log_failure()
 
-    def _log_server_error(self, state: dict[str, Any], exchange: _Exchange, exc: BaseException) -> None:
+    def _log_server_error(self, exchange: _Exchange, exc: BaseException) -> None:
         span = exchange.span
         trace_id = f"{span.get_span_context().trace_id:032x}" if span is not None else "-"
         request_logger.error(

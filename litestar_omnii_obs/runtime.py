@@ -12,6 +12,7 @@ stdout (so a script that only calls ``log_metric`` still gets its lines).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -102,7 +103,6 @@ class Runtime:
 _current: ContextVar[Runtime | None] = ContextVar("omnii_obs_runtime", default=None)
 _running: list[Runtime] = []
 _lock = threading.Lock()
-_default: list[Runtime] = []
 _captures: list[Capture] = []
 
 
@@ -113,11 +113,13 @@ def current() -> Runtime:
         return runtime
     if _running:
         return _running[-1]
-    if not _default:
-        with _lock:
-            if not _default:
-                _default.append(Runtime(ObservabilityConfig(), MetricWriter(ObservabilityConfig())))
-    return _default[0]
+    return _default()
+
+
+@functools.cache
+def _default() -> Runtime:
+    """The writer for code that runs with no app running: default config, stdout."""
+    return Runtime(ObservabilityConfig(), MetricWriter(ObservabilityConfig()))
 
 
 def running() -> list[Runtime]:

@@ -120,7 +120,6 @@ class SentryReporter:
     def __init__(self, config: ObservabilityConfig, scrubber: SecretScrubber) -> None:
         self.config = config
         self.scrubber = scrubber
-        self.send_default_pii = config.sentry.send_default_pii
         self.enabled = True
 
     def before_send(self, event: Event, hint: Hint) -> Event | None:
@@ -176,7 +175,7 @@ class SentryReporter:
             scope.set_context("response", {"status_code": status})
             if trace_id:
                 scope.set_tag("trace_id", trace_id)
-            if user_id is not None and self.send_default_pii:  # request-derived user data is PII
+            if user_id is not None and self.config.sentry.send_default_pii:  # request-derived user data is PII
                 scope.set_user({"id": user_id})
             request = {"method": method, "url": url, "query_string": query_string, "headers": dict(headers)}
 

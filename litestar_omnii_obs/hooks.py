@@ -32,9 +32,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Status, StatusCode
 
 from litestar_omnii_obs import runtime
+from litestar_omnii_obs._compat import otel_context_var
+from litestar_omnii_obs.sampling import DroppedSpan
 from litestar_omnii_obs.scrubbing import SecretScrubber
 from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
 
@@ -112,16 +114,20 @@ _GETTER = _HeaderGetter()
 class _Exchange:
     """What one request needs between its first and last message."""
 
-    __slots__ = ("exc", "method", "parent", "route", "span", "start", "status")
+    __slots__ = ("exc", "method", "parent", "route", "span", "span_id", "start", "status", "trace_id")
 
-    def __init__(self, start: float, span: Span | None, route: str, method: str, parent: Context | None) -> None:
-        self.start = start
+    def __init__(
+        self, span: Span | None, route: str, method: str, parent: Context | None, trace_id: int, span_id: int
+    ) -> None:
         self.span = span
         self.route = route
         self.method = method
         self.parent = parent  # the caller's context (baggage), kept current under the span
+        self.trace_id = trace_id  # the span's ids, read without building its SpanContext (0 without tracing)
+        self.span_id = span_id
         self.status = 500
         self.exc: BaseException | None = None
+        self.start = perf_counter()
 
 
 class ObserverMiddleware:
@@ -172,13 +178,19 @@ class RequestObserver:
         """Litestar middleware factory: the outermost layer of each route (see :class:`ObserverMiddleware`)."""
         opt_key = self._opt_key
         exact, prefixes, http = self._exact, self._prefixes, ScopeType.HTTP
-        set_current = runtime.set_current
-        attach, detach, set_span_in_context = otel_context.attach, otel_context.detach, trace.set_span_in_context
+        set_current, running = runtime.set_current, runtime.RUNNING
+        set_span_in_context = trace.set_span_in_context
+        # OpenTelemetry's own context variable when it has one (the default): attach and detach without
+        # the two function layers around it; another runtime context goes through the public API.
+        context_var = otel_context_var()
+        attach = otel_context.attach if context_var is None else context_var.set
+        detach = otel_context.detach if context_var is None else context_var.reset
 
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:
             app_runtime = self._runtime
             if app_runtime is not None:
-                set_current(app_runtime)  # log_metric & co. in this request find this app
+                if len(running) > 1:  # log_metric & co. in this request find this app (alone, it is found anyway)
+                    set_current(app_runtime)
                 if app_runtime.sentry is not None:
                     new_request_breadcrumbs()
             path = scope["path"]
@@ -207,7 +219,10 @@ class RequestObserver:
                 raise
             finally:
                 if token is not None:
-                    detach(token)
+                    try:
+                        detach(token)
+                    except (ValueError, RuntimeError):  # a token from another context: log it, spare the response
+                        self._log_failure()
                 if state.get(_KEY) is exchange:  # the response never finished
                     self._close(state, exchange)
 
@@ -221,7 +236,7 @@ class RequestObserver:
         exchange: _Exchange | None = state.get(_KEY)
         try:
             if exchange is None and "path_template" not in state and not self.is_excluded(scope["path"]):
-                if self._runtime is not None:
+                if self._runtime is not None and len(runtime.RUNNING) > 1:
                     runtime.set_current(self._runtime)
                 exchange = state[_KEY] = self._open(scope, None)
         except Exception:
@@ -243,10 +258,9 @@ class RequestObserver:
                     self._close(state, exchange)
             elif kind == "http.response.start":
                 status = exchange.status = event["status"]
-                span = exchange.span
-                if span is not None:
+                if exchange.trace_id:
                     headers = event.get("headers")
-                    request_id = (b"x-request-id", b"%032x" % span.get_span_context().trace_id)
+                    request_id = (b"x-request-id", b"%032x" % exchange.trace_id)
                     event["headers"] = [*headers, request_id] if headers else [request_id]
                 if exchange.exc is not None and status in self._capture_statuses:
                     self._report(state, exchange)
@@ -261,26 +275,36 @@ class RequestObserver:
         label_route = self._unmatched if route is None else route
         telemetry = self._telemetry
         if telemetry is None:
-            return _Exchange(perf_counter(), None, label_route, label, None)
+            return _Exchange(None, label_route, label, None, 0, 0)
         parent = None
         for header, _ in scope["headers"]:
             if header in _PROPAGATION:  # the caller's trace context and baggage, parsed only when sent
                 carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATION}
                 parent = extract(carrier, getter=_GETTER)
                 break
-        prefix = label if label != "_OTHER" else "HTTP"
-        name = f"{prefix} {route}" if route is not None else prefix
-        span: Span
-        if telemetry.sampling is None:  # a provider that is not ours
-            span = telemetry.start_foreign(name, parent, lambda: self._span_attributes(scope, method, route))
+        sampling = telemetry.sampling
+        parent_context = None
+        if sampling is None:  # a provider that is not ours: its sampler decides
+            span = telemetry.start_foreign(
+                self._span_name(label, route), parent, lambda: self._span_attributes(scope, method, route)
+            )
+            context = span.get_span_context()
+            return _Exchange(span, label_route, label, parent, context.trace_id, context.span_id)
+        if parent is None:
+            sampled, trace_id = sampling.sample_root()
         else:
             sampled, trace_id, parent_context = telemetry.sample(parent)
-            if not sampled:  # most requests in production: ids only, nothing else is computed
-                span = telemetry.sampling.unsampled_span(trace_id, parent_context)
-            else:
-                attributes = self._span_attributes(scope, method, route)
-                span = telemetry.start_sampled(name, trace_id, parent_context, parent, attributes)
-        return _Exchange(perf_counter(), span, label_route, label, parent)
+        if not sampled:  # most requests in production: ids only, nothing else is computed
+            dropped = DroppedSpan(trace_id, parent_context)
+            return _Exchange(dropped, label_route, label, parent, trace_id, dropped.span_id)
+        attributes = self._span_attributes(scope, method, route)
+        span = telemetry.start_sampled(self._span_name(label, route), trace_id, parent_context, parent, attributes)
+        return _Exchange(span, label_route, label, parent, trace_id, span.get_span_context().span_id)
+
+    @staticmethod
+    def _span_name(label: str, route: str | None) -> str:
+        prefix = label if label != "_OTHER" else "HTTP"
+        return f"{prefix} {route}" if route is not None else prefix
 
     def _span_attributes(self, scope: Scope, method: str, route: str | None) -> dict[str, Any]:
         raw_query: bytes = scope.get("query_string", b"")
@@ -300,12 +324,7 @@ class RequestObserver:
             error = type(exc).__qualname__ if status >= 500 and exc is not None else None
             if self._record_latency:
                 (self._runtime or runtime.current()).record_latency(
-                    route,
-                    exchange.method,
-                    status,
-                    round(duration * 1000.0, 3),
-                    error,
-                    INVALID_SPAN_CONTEXT if span is None else span.get_span_context(),
+                    route, exchange.method, status, duration, error, exchange.trace_id, exchange.span_id
                 )
             if status >= 500 and exc is not None and self._log_errors:
                 self._log_server_error(exchange, exc)
@@ -313,7 +332,7 @@ class RequestObserver:
             if durations is not None:
                 error_type = error if error is not None or status < 500 else str(status)
                 durations.record(duration, exchange.method, route, status, state["scheme"], error_type)
-            if span is not None and type(span) is not NonRecordingSpan:  # nothing to add to a dropped span
+            if span is not None and not isinstance(span, NonRecordingSpan):  # nothing to add to a dropped span
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     if exc is not None:
@@ -325,8 +344,7 @@ class RequestObserver:
             self._log_failure()
 
     def _log_server_error(self, exchange: _Exchange, exc: BaseException) -> None:
-        span = exchange.span
-        trace_id = f"{span.get_span_context().trace_id:032x}" if span is not None else "-"
+        trace_id = f"{exchange.trace_id:032x}" if exchange.trace_id else "-"
         request_logger.error(
             "%s %s -> %d: %s (trace_id=%s)",
             exchange.method,
@@ -358,7 +376,7 @@ class RequestObserver:
                 status=exchange.status,
                 headers=headers,
                 user_id=None if user_id is None else str(user_id),
-                trace_id=None if span is None else f"{span.get_span_context().trace_id:032x}",
+                trace_id=f"{exchange.trace_id:032x}" if exchange.trace_id else None,
             )
         finally:
             if token is not None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from opentelemetry import trace
 
 from litestar_omnii_obs.config import ObservabilityConfig
-from litestar_omnii_obs.records import ApiLatencyMetric
+from litestar_omnii_obs.records import ApiLatencyMetric, milliseconds
 from litestar_omnii_obs.sink import MetricWriter
 
 if TYPE_CHECKING:
@@ -84,14 +84,16 @@ class Runtime:
             observer(metric)
 
     def record_latency(
-        self, route: str, method: str, status: int, duration: float, error: str | None, context: trace.SpanContext
+        self, route: str, method: str, status: int, seconds: float, error: str | None, trace_id: int, span_id: int
     ) -> None:
         """One request's ``api_latency`` line; the typed record is built only when an observer wants it."""
         if not self.request_observers:
-            self.writer.submit_latency(route, method, status, duration, error, context.trace_id, context.span_id)
+            self.writer.submit_latency(route, method, status, seconds, error, trace_id, span_id)
             return
-        metric = ApiLatencyMetric(route=route, method=method, status=status, duration=duration, error=error)
-        self.writer.submit(metric, context.trace_id, context.span_id)
+        metric = ApiLatencyMetric(
+            route=route, method=method, status=status, duration=milliseconds(seconds), error=error
+        )
+        self.writer.submit(metric, trace_id, span_id)
         for observer in self.request_observers:
             observer(metric)
 
@@ -101,7 +103,9 @@ class Runtime:
 
 
 _current: ContextVar[Runtime | None] = ContextVar("omnii_obs_runtime", default=None)
-_running: list[Runtime] = []
+#: Every runtime started and not yet stopped, oldest first. Changed only by :func:`enter` and :func:`leave`;
+#: the request hook reads its length (with one app running, that app is found without the context variable).
+RUNNING: list[Runtime] = []
 _lock = threading.Lock()
 _captures: list[Capture] = []
 
@@ -111,8 +115,8 @@ def current() -> Runtime:
     runtime = _current.get()
     if runtime is not None and runtime.running:
         return runtime
-    if _running:
-        return _running[-1]
+    if RUNNING:
+        return RUNNING[-1]
     return _default()
 
 
@@ -124,25 +128,25 @@ def _default() -> Runtime:
 
 def running() -> list[Runtime]:
     """Every runtime started and not yet stopped, oldest first."""
-    return list(_running)
+    return list(RUNNING)
 
 
 def enter(runtime: Runtime) -> None:
     """Mark ``runtime`` running and make it the current one in this context."""
     with _lock:
         runtime.running = True
-        _running.append(runtime)
+        RUNNING.append(runtime)
     _current.set(runtime)
 
 
 def leave(runtime: Runtime) -> None:
     with _lock:
         runtime.running = False
-        if runtime in _running:
-            _running.remove(runtime)
+        if runtime in RUNNING:
+            RUNNING.remove(runtime)
 
 
-#: Make a runtime current for this request's task (the middleware calls this on every request).
+#: Make a runtime current for this request's task (the middleware does, while several apps run).
 set_current = _current.set
 
 

@@ -5,7 +5,7 @@ attribute checks, context handling). Most requests in production are not sampled
 unsampled request needs only its ids (for ``X-Request-ID``, log lines and metric lines).
 :class:`ServerSampling` applies the same rule as the configured built-in sampler (the six
 ``OTEL_TRACES_SAMPLER`` values) to the trace id: a dropped request gets a
-``NonRecordingSpan`` with fresh ids directly (about 1 µs), a sampled one is started by the
+:class:`DroppedSpan` with fresh ids directly (well under 1 µs), a sampled one is started by the
 SDK with the very trace id the decision was made on (:class:`PresetTraceIds`), so the SDK's
 sampler agrees and the decision is still one per trace.
 """
@@ -21,7 +21,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from litestar_omnii_obs.config import ObservabilityConfig
 
-__all__ = ["PresetTraceIds", "ServerSampling"]
+__all__ = ["DroppedSpan", "PresetTraceIds", "ServerSampling"]
 
 _LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
@@ -87,11 +87,33 @@ class ServerSampling:
             return parent.trace_flags.sampled
         return trace_id & _LIMIT < self.bound
 
-    @staticmethod
-    def unsampled_span(trace_id: int, parent: SpanContext | None) -> NonRecordingSpan:
-        """What the SDK returns for a dropped span: fresh span id, the trace's id and state."""
-        state = None if parent is None else parent.trace_state
-        return NonRecordingSpan(SpanContext(trace_id, new_span_id(), False, _NOT_SAMPLED, state))
+    def sample_root(self) -> tuple[bool, int]:
+        """The decision for a request no caller's trace context came with: (sampled, a new trace id)."""
+        trace_id = _getrandbits(128) or 1
+        return trace_id & _LIMIT < self.bound, trace_id
+
+
+class DroppedSpan(NonRecordingSpan):
+    """What the SDK returns for a dropped span (fresh span id, the trace's id and state), made lazily.
+
+    Most requests are not sampled and most of those never ask for their span's
+    ``SpanContext``: the request hooks read :attr:`trace_id` and :attr:`span_id`
+    directly, so the context object is built only when user code asks for it.
+    """
+
+    __slots__ = ("_context", "_state", "span_id", "trace_id")
+
+    def __init__(self, trace_id: int, parent: SpanContext | None = None) -> None:
+        self.trace_id = trace_id
+        self.span_id = _getrandbits(64) or 1
+        self._state = None if parent is None else parent.trace_state
+        self._context: SpanContext | None = None  # type: ignore[assignment]  # built on first use
+
+    def get_span_context(self) -> SpanContext:
+        context = self._context
+        if context is None:
+            context = self._context = SpanContext(self.trace_id, self.span_id, False, _NOT_SAMPLED, self._state)
+        return context
 
 
 def new_trace_id() -> int:

@@ -26,15 +26,18 @@ import msgspec
 from opentelemetry.trace import INVALID_SPAN_ID
 
 from litestar_omnii_obs.config import ObservabilityConfig
-from litestar_omnii_obs.records import ApiLatencyMetric, Metric
+from litestar_omnii_obs.records import ApiLatencyMetric, Metric, milliseconds
 
 __all__ = ["MetricWriter"]
 
 _logger = logging.getLogger("litestar_omnii_obs")
 
-#: A latency record's fields, queued without building the typed record: route, method, status, ms, error.
-_Latency = tuple[str, str, int, float, str | None]
-_Item = tuple[float, Metric | _Latency, int, int]
+#: A typed record: (wall time, record, trace id, span id).
+_Record = tuple[float, Metric, int, int]
+#: A latency record queued without building the typed record:
+#: (wall time, route, method, status, seconds, error, trace id, span id).
+_Latency = tuple[float, str, str, int, float, str | None, int, int]
+_IDS = b',"trace_id":"%032x","span_id":"%016x"'
 
 
 class MetricWriter:
@@ -50,7 +53,7 @@ class MetricWriter:
             + b',"environment":'
             + msgspec.json.encode(config.environment)
         )
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[_Record | _Latency] = deque()
         self._encoder = msgspec.json.Encoder()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -61,8 +64,8 @@ class MetricWriter:
         self.dropped = 0
         self._inflight = 0
         self._stamp_second = -1
-        self._stamp_prefix = b""
-        self._latency_heads: dict[tuple[str, str], bytes] = {}
+        self._stamp = b""
+        self._latency_templates: dict[tuple[str, str, bool], bytes] = {}
         self.off = self.sink == "off"
         if self.sink not in ("stdout", "stderr", "off"):
             try:
@@ -72,26 +75,33 @@ class MetricWriter:
 
     def submit(self, metric: Metric, trace_id: int, span_id: int) -> None:
         """Queue one record with its trace ids; never blocks or raises."""
-        self._put(metric, trace_id, span_id)
+        if self._accepts():
+            self._queue.append((time.time(), metric, trace_id, span_id))
 
     def submit_latency(
-        self, route: str, method: str, status: int, duration: float, error: str | None, trace_id: int, span_id: int
+        self, route: str, method: str, status: int, seconds: float, error: str | None, trace_id: int, span_id: int
     ) -> None:
-        """Queue an ``api_latency`` line from its fields (the request path, when no one needs the typed record)."""
-        self._put((route, method, status, duration, error), trace_id, span_id)
+        """Queue an ``api_latency`` line from its fields (the request path, when no one needs the typed record).
 
-    def _put(self, record: Metric | _Latency, trace_id: int, span_id: int) -> None:
-        if self.off:
-            return
+        The line is the one :class:`ApiLatencyMetric` encodes to; rounding and encoding happen in the
+        writer thread.
+        """
         queue = self._queue
-        if len(queue) >= self._max_queue or self._closed:
+        # The usual case is settled by the first test; _accepts starts the thread and counts drops.
+        if (len(queue) < self._max_queue and self._thread is not None and not self._closed) or self._accepts():
+            queue.append((time.time(), route, method, status, seconds, error, trace_id, span_id))
+
+    def _accepts(self) -> bool:
+        if self.off:
+            return False
+        if len(self._queue) >= self._max_queue or self._closed:
             self.dropped += 1
             if self.dropped == 1:
                 _logger.warning("metrics queue full (%d lines); dropping lines until it drains", self._max_queue)
-            return
-        queue.append((time.time(), record, trace_id, span_id))
+            return False
         if self._thread is None:
             self._start()
+        return True
 
     def pending(self) -> int:
         """Lines queued or being written right now (lost if the process ends before they are)."""
@@ -108,46 +118,64 @@ class MetricWriter:
             self.drain()
         self.drain()
 
-    def _encode(self, item: _Item) -> bytes:
-        wall, metric, trace_id, span_id = item
+    def _timestamp(self, wall: float) -> tuple[bytes, int]:
+        """The line's date and time to the second (formatted once a second), and its microseconds."""
         second = int(wall)
-        if second != self._stamp_second:  # format the date once a second, not once a line
+        if second != self._stamp_second:
             self._stamp_second = second
-            self._stamp_prefix = (
-                b',"timestamp":"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode()
-            )
-        tail = self._stamp_prefix + b'.%06dZ"' % int((wall - second) * 1_000_000) + self._labels
-        if span_id != INVALID_SPAN_ID:
-            tail += b',"trace_id":"%032x","span_id":"%016x"' % (trace_id, span_id)
-        if type(metric) is tuple:
-            return self._latency_line(metric) + tail + b"}\n"
-        return self._encoder.encode(metric)[:-1] + tail + b"}\n"
+            self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode()
+        return self._stamp, int((wall - second) * 1_000_000)
 
-    def _latency_line(self, fields: _Latency) -> bytes:
-        """The same bytes ``ApiLatencyMetric`` encodes to, without its closing brace."""
-        route, method, status, duration, error = fields
-        head = self._latency_heads.get((route, method))
-        if head is None:
-            if len(self._latency_heads) >= 4096:
-                self._latency_heads.clear()
-            head = self._latency_heads[(route, method)] = (
-                (
-                    self._encoder.encode(ApiLatencyMetric(route=route, method=method, status=0, duration=0.0))[:-1]
-                ).rsplit(b',"status":', 1)[0]
-                + b',"status":'
-            )
-        line = head + b'%d,"duration":%s' % (status, self._encoder.encode(duration))
-        if error is not None:
-            line += b',"error":' + self._encoder.encode(error)
-        return line
+    def _encode(self, item: _Record) -> bytes:
+        wall, metric, trace_id, span_id = item
+        stamp, micros = self._timestamp(wall)
+        line = self._encoder.encode(metric)[:-1] + b',"timestamp":"%s.%06dZ"' % (stamp, micros) + self._labels
+        if span_id != INVALID_SPAN_ID:
+            line += _IDS % (trace_id, span_id)
+        return line + b"}\n"
+
+    def _latency_line(self, item: _Latency) -> bytes:
+        """The bytes ``ApiLatencyMetric`` encodes to, filled into a template made once per route and method."""
+        wall, route, method, status, seconds, error, trace_id, span_id = item
+        second = int(wall)
+        if second != self._stamp_second:
+            self._timestamp(wall)
+        stamp, micros = self._stamp, int((wall - second) * 1_000_000)
+        duration = self._encoder.encode(milliseconds(seconds))
+        traced = span_id != INVALID_SPAN_ID
+        template = self._latency_templates.get((route, method, traced))
+        if template is None:
+            template = self._latency_template(route, method, traced)
+        if error is not None:  # rare: a server error, whose type goes between duration and timestamp
+            head, tail = template.split(b',"timestamp"', 1)
+            template = head + b',"error":' + self._encoder.encode(error).replace(b"%", b"%%") + b',"timestamp"' + tail
+        if traced:
+            return template % (status, duration, stamp, micros, trace_id, span_id)
+        return template % (status, duration, stamp, micros)
+
+    def _latency_template(self, route: str, method: str, traced: bool) -> bytes:
+        if len(self._latency_templates) >= 4096:
+            self._latency_templates.clear()
+        head = self._encoder.encode(ApiLatencyMetric(route=route, method=method, status=0, duration=0.0))
+        head = head[:-1].rsplit(b',"status":', 1)[0]
+        template = self._latency_templates[(route, method, traced)] = (
+            head.replace(b"%", b"%%")
+            + b',"status":%d,"duration":%s,"timestamp":"%s.%06dZ"'
+            + self._labels.replace(b"%", b"%%")
+            + (_IDS if traced else b"")
+            + b"}\n"
+        )
+        return template
 
     def drain(self) -> None:
         """Write every queued line now (the writer thread and ``close`` call this)."""
         with self._lock:
             chunk: list[bytes] = []
             queue = self._queue
+            latency_line, encode, append = self._latency_line, self._encode, chunk.append
             while queue:
-                chunk.append(self._encode(queue.popleft()))
+                item = queue.popleft()
+                append(latency_line(item) if len(item) == 8 else encode(item))
             if chunk:
                 self._inflight = len(chunk)
                 try:

@@ -131,3 +131,22 @@ def test_the_tracer_context_manager_type_still_exists() -> None:
     from opentelemetry.util import _decorator
 
     assert hasattr(_decorator, "_AgnosticContextManager")
+
+
+def test_the_otel_context_variable_is_what_attach_and_detach_use() -> None:
+    from opentelemetry import context as otel_context
+
+    from litestar_omnii_obs._compat import otel_context_var
+
+    variable = otel_context_var()
+    assert variable is not None, "OpenTelemetry's runtime context no longer keeps _current_context"
+    key = otel_context.create_key("compat-test")
+    token = variable.set(otel_context.set_value(key, "set directly"))
+    try:
+        assert otel_context.get_value(key) == "set directly"  # what attach would have made current
+    finally:
+        variable.reset(token)
+    assert otel_context.get_value(key) is None
+    public = otel_context.attach(otel_context.set_value(key, "attached"))
+    assert variable.get().get(key) == "attached"  # and attach sets this very variable
+    otel_context.detach(public)

@@ -26,6 +26,7 @@ from litestar_omnii_obs import (
     log_metric,
     timed_operation,
 )
+from litestar_omnii_obs.records import milliseconds
 from tests.conftest import read_lines, running_app
 
 
@@ -81,6 +82,44 @@ def test_trace_and_span_ids_are_added_when_a_span_is_current(metrics_file: Path)
     [line] = read_lines(metrics_file)
     assert line["trace_id"] == f"{context.trace_id:032x}"
     assert line["span_id"] == f"{context.span_id:016x}"
+
+
+@pytest.mark.parametrize(
+    ("route", "method", "error", "ids"),
+    [
+        ("/users/{user_id:int}", "GET", None, (0, 0)),
+        ("/users/{user_id:int}", "GET", None, (0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331)),
+        ("/100%/{name:str}", "_OTHER", "Key%sError", (7, 9)),
+        ('/q"uote\\/ü/{x}', "POST", "ValueError", (0, 0)),
+    ],
+)
+def test_request_lines_are_the_bytes_the_typed_record_encodes_to(
+    tmp_path: Path, route: str, method: str, error: str | None, ids: tuple[int, int]
+) -> None:
+    """The request path queues fields, not a record; its line must read exactly as the record's would."""
+    from litestar_omnii_obs.sink import MetricWriter
+
+    sink = tmp_path / "lines.jsonl"
+    writer = MetricWriter(ObservabilityConfig(service_name="s%d", metrics=MetricsConfig(sink=str(sink))))
+    seconds = 0.0123456
+    writer.submit_latency(route, method, 503, seconds, error, *ids)
+    typed = ApiLatencyMetric(route=route, method=method, status=503, duration=milliseconds(seconds), error=error)
+    writer.submit(typed, *ids)
+    writer.close()
+    fast, slow = (_without_timestamp(line) for line in sink.read_bytes().splitlines())
+    assert fast == slow
+    assert msgspec.json.decode(fast)["duration"] == 12.346
+
+
+def _without_timestamp(line: bytes) -> bytes:
+    head, rest = line.split(b',"timestamp":"', 1)
+    return head + rest.split(b'"', 1)[1]
+
+
+def test_milliseconds_rounds_as_round_does() -> None:
+    values = [0.0, 1e-7, 0.0005, 0.0123456, 1.0, 2.5e-4, 123.4567891, 0.1 + 0.2]
+    values += [i / 7919 for i in range(5000)]
+    assert [milliseconds(v) for v in values] == [round(v * 1000, 3) for v in values]
 
 
 @pytest.mark.asyncio

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from litestar import Litestar, get
 from litestar.testing import TestClient
+from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
 from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, SentryConfig, TracingConfig
@@ -65,3 +66,38 @@ def test_an_explicit_sampler_rules(
     bound = TraceIdRatioBased.get_bound_for_rate(share)
     expected = {i for i in ids if int(i, 16) & TraceIdRatioBased.TRACE_ID_LIMIT < bound}
     assert {f"{s.context.trace_id:032x}" for s in obs_capture.spans if s.context is not None} == expected
+
+
+@get("/current")
+async def current_span() -> dict[str, object]:
+    context = trace.get_current_span().get_span_context()
+    return {
+        "trace_id": f"{context.trace_id:032x}",
+        "span_id": f"{context.span_id:016x}",
+        "sampled": context.trace_flags.sampled,
+        "remote": context.is_remote,
+        "state": context.trace_state.to_header(),
+        "recording": trace.get_current_span().is_recording(),
+    }
+
+
+@pytest.mark.parametrize("caller", [None, f"00-{CALLER_TRACE}-b7ad6b7169203331-00"])
+def test_a_dropped_request_span_still_gives_code_and_logs_its_ids(caller: str | None) -> None:
+    """An unsampled request has a current span whose ids are the ones X-Request-ID and the metric line carry."""
+    headers = {} if caller is None else {"traceparent": caller, "tracestate": "vendor=kept"}
+    app = Litestar(route_handlers=[current_span], plugins=[ObservabilityPlugin(config(sampler="always_off"))])
+    with TestClient(app) as client:
+        response = client.get("/current", headers=headers)
+    seen = response.json()
+    assert response.headers["x-request-id"] == seen["trace_id"]
+    assert seen["sampled"] is False
+    assert seen["recording"] is False
+    assert seen["remote"] is False
+    assert int(seen["span_id"], 16) != 0
+    if caller is None:
+        assert seen["trace_id"] != CALLER_TRACE
+        assert seen["state"] == ""
+    else:
+        assert seen["trace_id"] == CALLER_TRACE  # the caller's trace goes on, with its vendor state
+        assert seen["state"] == "vendor=kept"
+        assert seen["span_id"] != "b7ad6b7169203331"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from litestar import Litestar, get
 from litestar.testing import TestClient
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
 from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, SentryConfig, TracingConfig
@@ -101,3 +101,26 @@ def test_a_dropped_request_span_still_gives_code_and_logs_its_ids(caller: str | 
         assert seen["trace_id"] == CALLER_TRACE  # the caller's trace goes on, with its vendor state
         assert seen["state"] == "vendor=kept"
         assert seen["span_id"] != "b7ad6b7169203331"
+
+
+@get("/baggage")
+async def current_baggage() -> dict[str, object]:
+    return {
+        "baggage": dict(baggage.get_all()),
+        "trace_id": f"{trace.get_current_span().get_span_context().trace_id:032x}",
+    }
+
+
+@pytest.mark.parametrize(("sampler", "flags"), [("always_off", "00"), ("parentbased_always_on", "01")])
+def test_the_callers_baggage_is_current_with_the_request_span(
+    obs_capture: ObservabilityCapture, sampler: str, flags: str
+) -> None:
+    headers = {"traceparent": f"00-{CALLER_TRACE}-b7ad6b7169203331-{flags}", "baggage": "tenant=acme,plan=pro"}
+    app = Litestar(route_handlers=[current_baggage], plugins=[ObservabilityPlugin(config(sampler=sampler))])
+    with TestClient(app) as client:
+        seen = client.get("/baggage", headers=headers).json()
+        after = client.get("/baggage").json()  # the next request starts from nothing
+    assert seen == {"baggage": {"tenant": "acme", "plan": "pro"}, "trace_id": CALLER_TRACE}
+    assert after["baggage"] == {}
+    assert after["trace_id"] != CALLER_TRACE
+    assert len(obs_capture.spans) == (1 if flags == "01" else 0) + (1 if sampler == "parentbased_always_on" else 0)

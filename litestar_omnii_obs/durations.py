@@ -56,21 +56,30 @@ class RequestDurations:
         self._points: dict[tuple[Any, ...], list[Any]] = {}
 
     def record(self, seconds: float, method: str, route: str, status: int, scheme: str, error: str | None) -> None:
+        """Count one request (on every request: keep it lean)."""
         index = bisect.bisect_left(self.bounds, seconds)
-        key: tuple[Any, ...] = (method, route, status, scheme, error)
+        key = (method, route, status, scheme, error)
         with self._lock:
             point = self._points.get(key)
             if point is None:
-                if len(self._points) >= self.max_series:
-                    key = _OVERFLOW
-                    point = self._points.get(key)
-                if point is None:
-                    point = self._points[key] = [0, 0.0, seconds, seconds, [0] * (len(self.bounds) + 1)]
+                point = self._new_point(key, seconds)
             point[0] += 1
             point[1] += seconds
-            point[2] = min(point[2], seconds)
-            point[3] = max(point[3], seconds)
+            if seconds < point[2]:
+                point[2] = seconds
+            if seconds > point[3]:
+                point[3] = seconds
             point[4][index] += 1
+
+    def _new_point(self, key: tuple[Any, ...], seconds: float) -> list[Any]:
+        """The point for a new attribute set, or the overflow series' once ``max_series`` sets exist."""
+        if len(self._points) >= self.max_series:
+            key = _OVERFLOW
+            point = self._points.get(key)
+            if point is not None:
+                return point
+        point = self._points[key] = [0, 0.0, seconds, seconds, [0] * (len(self.bounds) + 1)]
+        return point
 
     @staticmethod
     def _attributes(key: tuple[Any, ...]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["ServerSpan", "ServerSpans"]
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSET = Status(StatusCode.UNSET)  # immutable: one for every span
 _MAX_ITEMS = 128  # the SDK's default limit on attributes, events and links per span
 _SCALARS = (str, bool, int, float)
 
@@ -107,7 +108,7 @@ class ServerSpan(trace.Span):
         self.attributes = attributes
         self.events: list[Event] = []
         self.links: list[Link] = []
-        self.status = Status(StatusCode.UNSET)
+        self.status = _UNSET
         self.start_time = time.time_ns()
         self.end_time: int | None = None
 

@@ -19,6 +19,8 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import SpanKind, StatusCode
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
@@ -49,6 +51,9 @@ _LEN_TAGS = tuple(_varint_slow(n << 3 | 2) for n in range(20))
 # Encoded attributes repeat across spans (method, route, status, host): keep them, up to a bound.
 _ATTRIBUTE_CACHE: dict[tuple[int, str, type, Any], bytes] = {}
 _ATTRIBUTE_CACHE_MAX = 4096
+_NAMES: dict[str, bytes] = {}  # span names repeat (one per route): their field bytes, up to the same bound
+_SERVER_KIND = b"\x30\x02"  # kind (field 6) = SPAN_KIND_SERVER
+_UNSET_STATUS = b"\x7a\x00"  # status (field 15), empty: code UNSET, no message
 
 
 def _varint(value: int) -> bytes:
@@ -131,8 +136,15 @@ def _span(span: ReadableSpan) -> bytes:
     parent = span.parent
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_text(5, span.name))
-    parts.append(b"\x30" + _varint(span.kind.value + 1))
+    name = span.name
+    encoded_name = _NAMES.get(name)
+    if encoded_name is None:
+        if len(_NAMES) >= _ATTRIBUTE_CACHE_MAX:
+            _NAMES.clear()
+        encoded_name = _NAMES[name] = _text(5, name)
+    parts.append(encoded_name)
+    kind = span.kind
+    parts.append(_SERVER_KIND if kind is SpanKind.SERVER else b"\x30" + _varint(kind.value + 1))
     if span.start_time:
         parts.append(b"\x39" + _pack_fixed64(span.start_time))
     if span.end_time:
@@ -152,8 +164,11 @@ def _span(span: ReadableSpan) -> bytes:
     parts.append(_count(14, span.dropped_links))
     status = span.status
     if status is not None:
-        body = _text(2, status.description or "") + _count(3, status.status_code.value)
-        parts.append(_field(15, body))
+        code = status.status_code
+        if code is StatusCode.UNSET and not status.description:
+            parts.append(_UNSET_STATUS)
+        else:
+            parts.append(_field(15, _text(2, status.description or "") + _count(3, code.value)))
     parts.append(_flags(16, parent))
     return b"".join(parts)
 
@@ -182,6 +197,7 @@ class EncodedBatch:
         by_id: dict[int, int] = {}
         resources: list[Resource] = []
         scopes: dict[tuple[int, InstrumentationScope | None], int] = {}
+        scopes_by_id: dict[tuple[int, int], int] = {}  # InstrumentationScope.__hash__ is Python: once per object
         headers: list[tuple[int, bytes, bytes]] = []  # group -> (resource index, scope head, scope tail)
         groups: list[int] = []
         encoded: list[bytes] = []
@@ -195,10 +211,13 @@ class EncodedBatch:
                     resources.append(resource)
                 by_id[id(resource)] = index
             scope = span.instrumentation_scope or None
-            group = scopes.get((index, scope))
+            group = scopes_by_id.get((index, id(scope)))
             if group is None:
-                group = scopes[index, scope] = len(headers)
-                headers.append((index, *_scope_parts(scope)))
+                group = scopes.get((index, scope))
+                if group is None:
+                    group = scopes[index, scope] = len(headers)
+                    headers.append((index, *_scope_parts(scope)))
+                scopes_by_id[index, id(scope)] = group
             groups.append(group)
             context = span.get_span_context()
             assert context is not None

@@ -2,11 +2,11 @@
 
 The SDK's ``Histogram.record`` costs 12-22 µs a call on the request path (attribute
 hashing, view matching, exemplar reservoirs); :class:`RequestDurations` keeps the same
-cumulative explicit-bucket histogram per attribute set for about 1 µs, and
-:class:`DurationsExporter` hands the points to the OTLP metric exporter each time the
-periodic reader exports. Series are capped like the SDK's own cardinality limit: past
-``max_series`` attribute sets, points go to one overflow series
-(``otel.metric.overflow=true``).
+cumulative explicit-bucket histogram per attribute set for a deque append on the request
+(folded in by a background thread), and :class:`DurationsExporter` hands the points to
+the OTLP metric exporter each time the periodic reader exports. Series are capped like
+the SDK's own cardinality limit: past ``max_series`` attribute sets, points go to one
+overflow series (``otel.metric.overflow=true``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,33 +45,72 @@ SCOPE = InstrumentationScope("litestar_omnii_obs")
 _OVERFLOW: tuple[Any, ...] = ("overflow",)
 
 _Key = tuple[str, str, int, str, str | None]
+#: One request as the hook hands it over: seconds, method, route, status, scheme, error type.
+_Request = tuple[float, str, str, int, str, "str | None"]
 
 
 class RequestDurations:
-    """Cumulative histogram points keyed by (method, route, status, scheme, error type)."""
+    """Cumulative histogram points keyed by (method, route, status, scheme, error type).
 
-    def __init__(self, bounds: Sequence[float] = HTTP_DURATION_BUCKETS, max_series: int = MAX_SERIES) -> None:
+    A request only appends its values to a deque (no lock, no bucket search on the event
+    loop); a daemon thread folds them into the points every ``fold_interval`` seconds, and
+    every snapshot folds what is left first, so nothing recorded is missing from an export.
+    """
+
+    def __init__(
+        self, bounds: Sequence[float] = HTTP_DURATION_BUCKETS, max_series: int = MAX_SERIES, fold_interval: float = 0.1
+    ) -> None:
         self.bounds = tuple(bounds)
         self.max_series = max_series
         self.start = time.time_ns()
         self._lock = threading.Lock()
         self._points: dict[tuple[Any, ...], list[Any]] = {}
+        self._pending: deque[_Request] = deque()
+        self._fold_interval = fold_interval
+        self._folder: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def record(self, seconds: float, method: str, route: str, status: int, scheme: str, error: str | None) -> None:
-        """Count one request (on every request: keep it lean)."""
-        index = bisect.bisect_left(self.bounds, seconds)
-        key = (method, route, status, scheme, error)
+        """Count one request (called on every request: an append, folded in later)."""
+        self._pending.append((seconds, method, route, status, scheme, error))
+        if self._folder is None:
+            self._start_folder()
+
+    def fold(self) -> None:
+        """Add the requests recorded since the last fold to their points."""
+        pending = self._pending
+        if not pending:
+            return
+        bounds, points, bucket = self.bounds, self._points, bisect.bisect_left
         with self._lock:
-            point = self._points.get(key)
-            if point is None:
-                point = self._new_point(key, seconds)
-            point[0] += 1
-            point[1] += seconds
-            if seconds < point[2]:
-                point[2] = seconds
-            if seconds > point[3]:
-                point[3] = seconds
-            point[4][index] += 1
+            while pending:
+                seconds, method, route, status, scheme, error = pending.popleft()
+                key = (method, route, status, scheme, error)
+                point = points.get(key)
+                if point is None:
+                    point = self._new_point(key, seconds)
+                point[0] += 1
+                point[1] += seconds
+                if seconds < point[2]:
+                    point[2] = seconds
+                if seconds > point[3]:
+                    point[3] = seconds
+                point[4][bucket(bounds, seconds)] += 1
+
+    def close(self) -> None:
+        """Stop the folding thread (what is pending is folded by the next snapshot)."""
+        self._stop.set()
+
+    def _start_folder(self) -> None:
+        with self._lock:
+            if self._folder is None:
+                self._folder = threading.Thread(
+                    target=_fold_periodically,
+                    args=(weakref.ref(self), self._stop, self._fold_interval),
+                    name="omnii-obs-durations",
+                    daemon=True,
+                )
+                self._folder.start()
 
     def _new_point(self, key: tuple[Any, ...], seconds: float) -> list[Any]:
         """The point for a new attribute set, or the overflow series' once ``max_series`` sets exist."""
@@ -98,6 +139,7 @@ class RequestDurations:
 
     def metric(self) -> Metric | None:
         """A snapshot as an SDK ``Metric`` (cumulative), or ``None`` before the first request."""
+        self.fold()
         now = time.time_ns()
         with self._lock:
             snapshot = [(key, list(point[:4]), list(point[4])) for key, point in self._points.items()]
@@ -123,6 +165,16 @@ class RequestDurations:
             unit="s",
             data=SdkHistogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE),
         )
+
+
+def _fold_periodically(ref: weakref.ref[RequestDurations], stop: threading.Event, interval: float) -> None:
+    """The folding thread; holds its durations weakly, so it ends with them even if never closed."""
+    while not stop.wait(interval):
+        durations = ref()
+        if durations is None:
+            return
+        durations.fold()
+        del durations
 
 
 def _with_extra(data: MetricsData, extra: Metric) -> MetricsData:

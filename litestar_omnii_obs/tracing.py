@@ -199,6 +199,8 @@ class Telemetry:
     async def shutdown(self) -> None:
         """Flush and shut both providers down off the event loop, giving up after ``shutdown_timeout``."""
         timeout = self.config.tracing.shutdown_timeout
+        if self.request_duration is not None:
+            self.request_duration.close()  # the final export folds what is left
         for processor in self.detachable:
             processor.active = False
         try:

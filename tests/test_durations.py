@@ -7,9 +7,11 @@ real app in-process (Litestar's ``TestClient``) to check which ``error.type`` a 
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +281,32 @@ def test_a_failing_request_s_point_has_error_type_and_url_scheme(receiver: OtlpR
     assert "error.type" not in by_route["/missing"]
     assert "error.type" not in by_route["/ok"]
     assert {a["url.scheme"] for a in by_route.values()} == {"https"}
+
+
+def _folders() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "omnii-obs-durations"]
+
+
+def _wait_until(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + 10
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_requests_are_folded_in_the_background_and_the_folder_ends_with_its_durations() -> None:
+    before = set(_folders())
+    durations = RequestDurations(fold_interval=0.01)
+    durations.record(0.02, "GET", "/a", 200, "http", None)
+    [folder] = set(_folders()) - before
+    assert _wait_until(lambda: not durations._pending)  # folded without anyone asking for a snapshot
+    [point] = points_of(durations)
+    assert (point.count, point.sum) == (1, 0.02)
+    durations.close()
+    assert _wait_until(lambda: not folder.is_alive())
+    orphan = RequestDurations(fold_interval=0.01)  # never closed: its thread must not outlive it
+    orphan.record(0.01, "GET", "/b", 200, "http", None)
+    [orphan_folder] = set(_folders()) - before
+    del orphan
+    gc.collect()
+    assert _wait_until(lambda: not orphan_folder.is_alive())

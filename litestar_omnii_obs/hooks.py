@@ -102,10 +102,10 @@ def _request_attributes(
 
 
 def _record_in_current(
-    route: str, method: str, status: int, seconds: float, error: str | None, trace_id: int, span_id: int
+    route: str, method: str, status: int, seconds: float, error: str | None, trace_hex: bytes, span_id: int
 ) -> None:
     """Where the latency record goes when no app is bound: the app this code runs in, else the default writer."""
-    runtime.current().record_latency(route, method, status, seconds, error, trace_id, span_id)
+    runtime.current().record_latency(route, method, status, seconds, error, trace_hex, span_id)
 
 
 class _HeaderGetter(Getter[dict[str, str]]):
@@ -134,7 +134,9 @@ class _Exchange(msgspec.Struct):
     route: str
     method: str
     parent: Context | None  # the caller's context (baggage), kept current under the span
-    trace_id: int  # the span's ids, read without building its SpanContext (0 without tracing)
+    # The span's ids, read without building its SpanContext: the trace id as the 32 hex digits that
+    # X-Request-ID and the metric line both carry (formatted once), the span id (b"" and 0 without tracing).
+    request_id: bytes
     span_id: int
     status: int = 500
     exc: BaseException | None = None
@@ -283,9 +285,9 @@ class RequestObserver:
                     self._close(state, exchange)
             elif kind == "http.response.start":
                 status = exchange.status = event["status"]
-                if exchange.trace_id:
+                if exchange.request_id:
                     headers = event.get("headers")
-                    request_id = (b"x-request-id", b"%032x" % exchange.trace_id)
+                    request_id = (b"x-request-id", exchange.request_id)
                     event["headers"] = [*headers, request_id] if headers else [request_id]
                 if exchange.exc is not None and status in self._capture_statuses:
                     self._report(state, exchange)
@@ -300,7 +302,7 @@ class RequestObserver:
         label_route = self._unmatched if route is None else route
         telemetry = self._telemetry
         if telemetry is None:
-            return _Exchange(perf_counter(), None, label_route, label, None, 0, 0)
+            return _Exchange(perf_counter(), None, label_route, label, None, b"", 0)
         parent = None
         for header, _ in scope["headers"]:
             if header in _PROPAGATION:  # the caller's trace context and baggage, parsed only when sent
@@ -314,17 +316,20 @@ class RequestObserver:
                 self._span_name(label, route), parent, lambda: self._span_attributes(scope, method, route)
             )
             context = span.get_span_context()
-            return _Exchange(perf_counter(), span, label_route, label, parent, context.trace_id, context.span_id)
+            return _Exchange(
+                perf_counter(), span, label_route, label, parent, b"%032x" % context.trace_id, context.span_id
+            )
         if parent is None:
             sampled, trace_id = sampling.sample_root()
         else:
             sampled, trace_id, parent_context = telemetry.sample(parent)
         if not sampled:  # most requests in production: ids only, nothing else is computed
             dropped = DroppedSpan(trace_id, parent_context)
-            return _Exchange(perf_counter(), dropped, label_route, label, parent, trace_id, dropped.span_id)
+            return _Exchange(perf_counter(), dropped, label_route, label, parent, b"%032x" % trace_id, dropped.span_id)
         attributes = self._span_attributes(scope, method, route)
         span = telemetry.start_sampled(self._span_name(label, route), trace_id, parent_context, parent, attributes)
-        return _Exchange(perf_counter(), span, label_route, label, parent, trace_id, span.get_span_context().span_id)
+        span_id = span.get_span_context().span_id
+        return _Exchange(perf_counter(), span, label_route, label, parent, b"%032x" % trace_id, span_id)
 
     @staticmethod
     def _span_name(label: str, route: str | None) -> str:
@@ -346,7 +351,7 @@ class RequestObserver:
             error = None if status < 500 else self._server_error(exchange)
             record = self._record
             if record is not None:
-                record(exchange.route, exchange.method, status, duration, error, exchange.trace_id, exchange.span_id)
+                record(exchange.route, exchange.method, status, duration, error, exchange.request_id, exchange.span_id)
             durations = self._durations
             if durations is not None:
                 error_type = error if error is not None or status < 500 else str(status)
@@ -373,7 +378,7 @@ class RequestObserver:
         return type(exc).__qualname__
 
     def _log_server_error(self, exchange: _Exchange, exc: BaseException) -> None:
-        trace_id = f"{exchange.trace_id:032x}" if exchange.trace_id else "-"
+        trace_id = exchange.request_id.decode() or "-"
         request_logger.error(
             "%s %s -> %d: %s (trace_id=%s)",
             exchange.method,
@@ -405,7 +410,7 @@ class RequestObserver:
                 status=exchange.status,
                 headers=headers,
                 user_id=None if user_id is None else str(user_id),
-                trace_id=f"{exchange.trace_id:032x}" if exchange.trace_id else None,
+                trace_id=exchange.request_id.decode() or None,
             )
         finally:
             if token is not None:

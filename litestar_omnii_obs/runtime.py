@@ -36,8 +36,8 @@ __all__ = ["Capture", "Runtime", "current", "install_capture"]
 
 OperationObserver = Callable[[str, float, "BaseException | None"], None]
 MetricObserver = Callable[["Metric"], None]
-#: Takes one request's latency record: route, method, status, seconds, error type, trace id, span id.
-LatencyRecorder = Callable[[str, str, int, float, "str | None", int, int], None]
+#: Takes one request's latency record: route, method, status, seconds, error type, trace id (hex), span id.
+LatencyRecorder = Callable[[str, str, int, float, "str | None", bytes, int], None]
 
 
 class Capture(Protocol):
@@ -86,16 +86,19 @@ class Runtime:
             observer(metric)
 
     def record_latency(
-        self, route: str, method: str, status: int, seconds: float, error: str | None, trace_id: int, span_id: int
+        self, route: str, method: str, status: int, seconds: float, error: str | None, trace_hex: bytes, span_id: int
     ) -> None:
-        """One request's ``api_latency`` line; the typed record is built only when an observer wants it."""
+        """One request's ``api_latency`` line; the typed record is built only when an observer wants it.
+
+        ``trace_hex``: the trace id as 32 hex digits (``b""`` without tracing), as ``X-Request-ID`` sends it.
+        """
         if not self.request_observers:
-            self.writer.submit_latency(route, method, status, seconds, error, trace_id, span_id)
+            self.writer.submit_latency(route, method, status, seconds, error, trace_hex, span_id)
             return
         metric = ApiLatencyMetric(
             route=route, method=method, status=status, duration=milliseconds(seconds), error=error
         )
-        self.writer.submit(metric, trace_id, span_id)
+        self.writer.submit(metric, int(trace_hex, 16) if trace_hex else 0, span_id)
         for observer in self.request_observers:
             observer(metric)
 

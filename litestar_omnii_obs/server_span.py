@@ -123,10 +123,14 @@ class ServerSpan(trace.Span):
             self.set_attribute(key, value)
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
-        if self.end_time is not None or not key or not _valid(value):
+        if self.end_time is not None or not key:
             return
+        if not isinstance(value, _SCALARS):  # a sequence of scalars is kept as a tuple, anything else dropped
+            if not _valid(value):
+                return
+            value = tuple(value)  # type: ignore[arg-type]
         if key in self.attributes or len(self.attributes) < _MAX_ITEMS:
-            self.attributes[key] = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+            self.attributes[key] = value
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
         if self.end_time is None and len(self.events) < _MAX_ITEMS:

@@ -35,9 +35,10 @@ _logger = logging.getLogger("litestar_omnii_obs")
 #: A typed record: (wall time, record, trace id, span id).
 _Record = tuple[float, Metric, int, int]
 #: A latency record queued without building the typed record:
-#: (wall time, route, method, status, seconds, error, trace id, span id).
-_Latency = tuple[float, str, str, int, float, str | None, int, int]
+#: (wall time, route, method, status, seconds, error, trace id as 32 hex digits, span id).
+_Latency = tuple[float, str, str, int, float, str | None, bytes, int]
 _IDS = b',"trace_id":"%032x","span_id":"%016x"'
+_HEX_IDS = b',"trace_id":"%s","span_id":"%016x"'
 
 
 class MetricWriter:
@@ -79,17 +80,17 @@ class MetricWriter:
             self._queue.append((time.time(), metric, trace_id, span_id))
 
     def submit_latency(
-        self, route: str, method: str, status: int, seconds: float, error: str | None, trace_id: int, span_id: int
+        self, route: str, method: str, status: int, seconds: float, error: str | None, trace_hex: bytes, span_id: int
     ) -> None:
         """Queue an ``api_latency`` line from its fields (the request path, when no one needs the typed record).
 
         The line is the one :class:`ApiLatencyMetric` encodes to; rounding and encoding happen in the
-        writer thread.
+        writer thread. ``trace_hex`` is the trace id already formatted (for ``X-Request-ID``), ``b""`` without one.
         """
         queue = self._queue
         # The usual case is settled by the first test; _accepts starts the thread and counts drops.
         if (len(queue) < self._max_queue and self._thread is not None and not self._closed) or self._accepts():
-            queue.append((time.time(), route, method, status, seconds, error, trace_id, span_id))
+            queue.append((time.time(), route, method, status, seconds, error, trace_hex, span_id))
 
     def _accepts(self) -> bool:
         if self.off:
@@ -136,7 +137,7 @@ class MetricWriter:
 
     def _latency_line(self, item: _Latency) -> bytes:
         """The bytes ``ApiLatencyMetric`` encodes to, filled into a template made once per route and method."""
-        wall, route, method, status, seconds, error, trace_id, span_id = item
+        wall, route, method, status, seconds, error, trace_hex, span_id = item
         second = int(wall)
         if second != self._stamp_second:
             self._timestamp(wall)
@@ -150,7 +151,7 @@ class MetricWriter:
             head, tail = template.split(b',"timestamp"', 1)
             template = head + b',"error":' + self._encoder.encode(error).replace(b"%", b"%%") + b',"timestamp"' + tail
         if traced:
-            return template % (status, duration, stamp, micros, trace_id, span_id)
+            return template % (status, duration, stamp, micros, trace_hex, span_id)
         return template % (status, duration, stamp, micros)
 
     def _latency_template(self, route: str, method: str, traced: bool) -> bytes:
@@ -162,7 +163,7 @@ class MetricWriter:
             head.replace(b"%", b"%%")
             + b',"status":%d,"duration":%s,"timestamp":"%s.%06dZ"'
             + self._labels.replace(b"%", b"%%")
-            + (_IDS if traced else b"")
+            + (_HEX_IDS if traced else b"")
             + b"}\n"
         )
         return template

@@ -102,7 +102,8 @@ def test_request_lines_are_the_bytes_the_typed_record_encodes_to(
     sink = tmp_path / "lines.jsonl"
     writer = MetricWriter(ObservabilityConfig(service_name="s%d", metrics=MetricsConfig(sink=str(sink))))
     seconds = 0.0123456
-    writer.submit_latency(route, method, 503, seconds, error, *ids)
+    trace_id, span_id = ids
+    writer.submit_latency(route, method, 503, seconds, error, b"%032x" % trace_id if trace_id else b"", span_id)
     typed = ApiLatencyMetric(route=route, method=method, status=503, duration=milliseconds(seconds), error=error)
     writer.submit(typed, *ids)
     writer.close()

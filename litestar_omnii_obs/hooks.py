@@ -228,7 +228,13 @@ class RequestObserver:
                 return
             state: dict[str, Any] = scope  # type: ignore[assignment]
             try:
-                exchange = self._open(scope, scope["path_template"] or self._mount_label(state))
+                route = scope["path_template"] or self._mount_label(state)
+                if self._telemetry is None:  # latency records only: _open's first lines, without its call
+                    method: str = scope["method"]  # type: ignore[typeddict-item]
+                    label = method if method in KNOWN_METHODS else "_OTHER"
+                    exchange = _Exchange(perf_counter(), None, route, label, None, b"", 0)
+                else:
+                    exchange = self._open(scope, route)
             except Exception:  # our failure must not become the request's
                 self._log_failure()
                 await app(scope, receive, send)

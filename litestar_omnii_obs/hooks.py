@@ -38,6 +38,7 @@ from opentelemetry.trace import NonRecordingSpan, Status, StatusCode
 
 from litestar_omnii_obs import runtime
 from litestar_omnii_obs._compat import otel_context_var
+from litestar_omnii_obs.attributes import KNOWN_METHODS, server_span_attributes, span_name
 from litestar_omnii_obs.sampling import DroppedSpan
 from litestar_omnii_obs.scrubbing import SecretScrubber
 from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
@@ -50,55 +51,12 @@ if TYPE_CHECKING:
     from litestar_omnii_obs.durations import RequestDurations
     from litestar_omnii_obs.tracing import Telemetry
 
-__all__ = ["ObserverMiddleware", "RequestObserver", "method_label"]
+__all__ = ["ObserverMiddleware", "RequestObserver"]
 
 _logger = logging.getLogger("litestar_omnii_obs")
 
 _KEY = "omnii_obs"  # the request's _Exchange, kept in the ASGI scope
 _PROPAGATION = frozenset({b"traceparent", b"tracestate", b"baggage"})
-_SPAN_HEADERS = frozenset({b"user-agent", b"x-request-id"})
-_REQUEST_ID_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:"
-#: The methods the HTTP semantic conventions know; any other (clients choose them) is ``_OTHER``.
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
-_MAX_ORIGINAL_METHOD = 64
-
-
-def method_label(method: str) -> str:
-    """``method`` if the semantic conventions know it, else ``_OTHER`` (a bounded label)."""
-    return method if method in KNOWN_METHODS else "_OTHER"
-
-
-def _request_attributes(
-    scope: Scope, method: str, route: str | None, headers: dict[str, str], query: str
-) -> dict[str, Any]:
-    """HTTP semantic-convention attributes of a server span."""
-    label = method_label(method)
-    attributes: dict[str, Any] = {
-        "http.request.method": label,
-        "url.path": scope["path"],
-        "url.scheme": scope["scheme"],
-        "network.protocol.version": scope["http_version"],
-    }
-    if label != method:
-        attributes["http.request.method_original"] = method[:_MAX_ORIGINAL_METHOD]
-    if query:
-        attributes["url.query"] = query
-    if route is not None:
-        attributes["http.route"] = route
-    server = scope.get("server")
-    if server:
-        attributes["server.address"] = server[0]
-        if server[1] is not None:
-            attributes["server.port"] = server[1]
-    client = scope.get("client")
-    if client:
-        attributes["client.address"] = client[0]
-    if "user-agent" in headers:
-        attributes["user_agent.original"] = headers["user-agent"]
-    caller_id = headers.get("x-request-id")
-    if caller_id and len(caller_id) <= 128 and not caller_id.encode().translate(None, _REQUEST_ID_CHARS):
-        attributes["http.request.header.x-request-id"] = (caller_id,)
-    return attributes
 
 
 def _record_in_current(
@@ -319,7 +277,7 @@ class RequestObserver:
         parent_context = None
         if sampling is None:  # a provider that is not ours: its sampler decides
             span = telemetry.start_foreign(
-                self._span_name(label, route), parent, lambda: self._span_attributes(scope, method, route)
+                span_name(label, route), parent, lambda: server_span_attributes(scope, method, route, self._scrubber)
             )
             context = span.get_span_context()
             return _Exchange(
@@ -332,21 +290,10 @@ class RequestObserver:
         if not sampled:  # most requests in production: ids only, nothing else is computed
             dropped = DroppedSpan(trace_id, parent_context)
             return _Exchange(perf_counter(), dropped, label_route, label, parent, b"%032x" % trace_id, dropped.span_id)
-        attributes = self._span_attributes(scope, method, route)
-        span = telemetry.start_sampled(self._span_name(label, route), trace_id, parent_context, parent, attributes)
+        attributes = server_span_attributes(scope, method, route, self._scrubber)
+        span = telemetry.start_sampled(span_name(label, route), trace_id, parent_context, parent, attributes)
         span_id = span.get_span_context().span_id
         return _Exchange(perf_counter(), span, label_route, label, parent, b"%032x" % trace_id, span_id)
-
-    @staticmethod
-    def _span_name(label: str, route: str | None) -> str:
-        prefix = label if label != "_OTHER" else "HTTP"
-        return f"{prefix} {route}" if route is not None else prefix
-
-    def _span_attributes(self, scope: Scope, method: str, route: str | None) -> dict[str, Any]:
-        raw_query: bytes = scope.get("query_string", b"")
-        query = self._scrubber.scrub_query(raw_query.decode("latin-1")) if raw_query else ""
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _SPAN_HEADERS}
-        return _request_attributes(scope, method, route, headers, query)
 
     def _close(self, state: dict[str, Any], exchange: _Exchange) -> None:
         """Write the latency record and end the span; exactly once per request."""

@@ -24,6 +24,7 @@ from litestar_omnii_obs.records import (
     OperationMetric,
     SyncMetric,
     SyncSource,
+    milliseconds,
 )
 
 __all__ = [
@@ -92,7 +93,7 @@ class TimedOperation(Generic[_T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        duration = self.duration = round((time.perf_counter() - self._start) * 1000.0, 3)
+        duration = self.duration = milliseconds(time.perf_counter() - self._start)
         span = self._span
         if span is not None:
             otel_context.detach(self._token)  # type: ignore[arg-type]

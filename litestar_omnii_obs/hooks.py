@@ -132,8 +132,9 @@ class RequestObserver:
         self._runtime: runtime.Runtime | None = None
         self._telemetry: Telemetry | None = None
         self._durations: RequestDurations | None = None
-        self._record: runtime.LatencyRecorder | None = _record_in_current if self._record_latency else None
+        self._record: runtime.LatencyRecorder | None = None
         self._failed = False
+        self.bind(None, None)
 
     def bind(self, app_runtime: runtime.Runtime | None, telemetry: Telemetry | None) -> None:
         """Use this app's runtime and telemetry (the lifespan calls this at start-up and shutdown).
@@ -186,13 +187,7 @@ class RequestObserver:
                 return
             state: dict[str, Any] = scope  # type: ignore[assignment]
             try:
-                route = scope["path_template"] or self._mount_label(state)
-                if self._telemetry is None:  # latency records only: _open's first lines, without its call
-                    method: str = scope["method"]  # type: ignore[typeddict-item]
-                    label = method if method in KNOWN_METHODS else "_OTHER"
-                    exchange = _Exchange(perf_counter(), None, route, label, None, b"", 0)
-                else:
-                    exchange = self._open(scope, route)
+                exchange = self._open(scope, scope["path_template"] or self._mount_label(state))
             except Exception:  # our failure must not become the request's
                 self._log_failure()
                 await app(scope, receive, send)
@@ -286,7 +281,7 @@ class RequestObserver:
         if parent is None:
             sampled, trace_id = sampling.sample_root()
         else:
-            sampled, trace_id, parent_context = telemetry.sample(parent)
+            sampled, trace_id, parent_context = telemetry.sample_joined(parent)
         if not sampled:  # most requests in production: ids only, nothing else is computed
             dropped = DroppedSpan(trace_id, parent_context)
             return _Exchange(perf_counter(), dropped, label_route, label, parent, b"%032x" % trace_id, dropped.span_id)

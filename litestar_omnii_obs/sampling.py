@@ -78,17 +78,18 @@ class ServerSampling:
         return cls(fixed.get(name, arg), name.startswith("parentbased_"))
 
     def sdk_sampler(self) -> Sampler:
-        """The SDK sampler that decides as :meth:`sampled` does."""
+        """The SDK sampler that decides as :meth:`sample_root` and :meth:`sampled` do."""
         root = ALWAYS_ON if self.rate >= 1.0 else ALWAYS_OFF if self.rate <= 0.0 else TraceIdRatioBased(self.rate)
         return ParentBased(root) if self.parent_based else root
 
-    def sampled(self, trace_id: int, parent: SpanContext | None) -> bool:
-        if parent is not None and self.parent_based:
+    def sampled(self, parent: SpanContext) -> bool:
+        """The decision for a span in the caller's trace: its flag if parent-based, else the trace-id rule."""
+        if self.parent_based:
             return parent.trace_flags.sampled
-        return trace_id & _LIMIT < self.bound
+        return parent.trace_id & _LIMIT < self.bound
 
     def sample_root(self) -> tuple[bool, int]:
-        """The decision for a request no caller's trace context came with: (sampled, a new trace id)."""
+        """The decision for a new trace: (sampled, its new trace id)."""
         trace_id = _getrandbits(128) or 1
         return trace_id & _LIMIT < self.bound, trace_id
 
@@ -114,10 +115,6 @@ class DroppedSpan(NonRecordingSpan):
         if context is None:
             context = self._context = SpanContext(self.trace_id, self.span_id, False, _NOT_SAMPLED, self._state)
         return context
-
-
-def new_trace_id() -> int:
-    return _getrandbits(128) or 1
 
 
 def new_span_id() -> int:

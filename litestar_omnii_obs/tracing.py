@@ -44,7 +44,7 @@ from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_u
 from litestar_omnii_obs.durations import SCOPE, DurationsExporter, RequestDurations
 from litestar_omnii_obs.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, Target, build_metric_exporter
 from litestar_omnii_obs.records import GraphQueryMetric, Metric, SyncMetric
-from litestar_omnii_obs.sampling import PresetTraceIds, ServerSampling, new_span_id, new_trace_id
+from litestar_omnii_obs.sampling import PresetTraceIds, ServerSampling, new_span_id
 from litestar_omnii_obs.server_span import ServerSpans
 from litestar_omnii_obs.shared import route_global_provider
 
@@ -148,16 +148,17 @@ class Telemetry:
         self.server_spans: ServerSpans | None = None
         self.detachable: list[_WhileRunning] = []  # processors added to a provider that is not ours
 
-    def sample(self, parent: Context | None) -> tuple[bool, int, SpanContext | None]:
-        """The one decision for a server span: (sampled, its trace id, the caller's valid span context)."""
+    def sample_joined(self, parent: Context) -> tuple[bool, int, SpanContext | None]:
+        """The decision for a request that came with trace headers: (sampled, trace id, the caller's span context).
+
+        Headers that hold no valid span context start a new trace, decided as any other root.
+        """
         assert self.sampling is not None
-        parent_context = None
-        if parent is not None:
-            parent_context = trace.get_current_span(parent).get_span_context()
-            if not parent_context.is_valid:
-                parent_context = None
-        trace_id = new_trace_id() if parent_context is None else parent_context.trace_id
-        return self.sampling.sampled(trace_id, parent_context), trace_id, parent_context
+        parent_context = trace.get_current_span(parent).get_span_context()
+        if not parent_context.is_valid:
+            sampled, trace_id = self.sampling.sample_root()
+            return sampled, trace_id, None
+        return self.sampling.sampled(parent_context), parent_context.trace_id, parent_context
 
     def start_sampled(
         self,
@@ -167,7 +168,7 @@ class Telemetry:
         parent: Context | None,
         attributes: dict[str, Any],
     ) -> Span:
-        """A server span :meth:`sample` kept, in the trace it was decided for."""
+        """A server span the sampling decision kept, in the trace it was decided for."""
         if self.server_spans is not None:
             return self.server_spans.start(name, trace_id, new_span_id(), parent_context, attributes)
         if parent_context is None:

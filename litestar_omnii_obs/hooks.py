@@ -24,6 +24,7 @@ reaches the response.
 from __future__ import annotations
 
 import logging
+import re
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from opentelemetry.trace import NonRecordingSpan, Status, StatusCode
 
 from litestar_omnii_obs import runtime
 from litestar_omnii_obs._compat import otel_context_var
-from litestar_omnii_obs.attributes import KNOWN_METHODS, server_span_attributes, span_name
+from litestar_omnii_obs.attributes import KNOWN_METHODS, method_label, server_span_attributes, span_name
 from litestar_omnii_obs.sampling import DroppedSpan
 from litestar_omnii_obs.scrubbing import SecretScrubber
 from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
@@ -88,16 +89,24 @@ class _Exchange(msgspec.Struct):
     """
 
     start: float
-    span: Span | None
     route: str
     method: str
-    parent: Context | None  # the caller's context (baggage), kept current under the span
+    span: Span | None = None
+    parent: Context | None = None  # the caller's context (baggage), kept current under the span
     # The span's ids, read without building its SpanContext: the trace id as the 32 hex digits that
     # X-Request-ID and the metric line both carry (formatted once), the span id (b"" and 0 without tracing).
-    request_id: bytes
-    span_id: int
+    request_id: bytes = b""
+    span_id: int = 0
     status: int = 500
     exc: BaseException | None = None
+
+
+class _Route(msgspec.Struct):
+    """One route handler as the middleware sees it (see :meth:`RequestObserver.middleware`)."""
+
+    observed: bool  # an HTTP handler not opted out
+    template: str  # its path template; "" for a mounted app (labelled by its mount path per request)
+    check_path: bool  # whether a request's path must be checked against ``exclude_paths``
 
 
 class ObserverMiddleware:
@@ -133,6 +142,7 @@ class RequestObserver:
         self._telemetry: Telemetry | None = None
         self._durations: RequestDurations | None = None
         self._record: runtime.LatencyRecorder | None = None
+        self._telemetry_on_close = False
         self._failed = False
         self.bind(None, None)
 
@@ -144,6 +154,11 @@ class RequestObserver:
         self._runtime = app_runtime
         self._telemetry = telemetry
         self._durations = None if telemetry is None else telemetry.request_duration
+        # Whether closing a request has more to do than the record: a histogram, or spans that can be recorded.
+        sampling = None if telemetry is None else telemetry.sampling
+        self._telemetry_on_close = self._durations is not None or (
+            telemetry is not None and (sampling is None or not sampling.never)
+        )
         if not self._record_latency:
             self._record = None
         elif app_runtime is None:
@@ -158,9 +173,12 @@ class RequestObserver:
     # ------------------------------------------------------------------ hooks
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
-        """Litestar middleware factory: the outermost layer of each route (see :class:`ObserverMiddleware`)."""
-        opt_key = self._opt_key
-        exact, prefixes, http = self._exact, self._prefixes, ScopeType.HTTP
+        """Litestar middleware factory: the outermost layer of each route (see :class:`ObserverMiddleware`).
+
+        Litestar builds one stack per route handler, so what depends only on the handler (HTTP or not,
+        opted out, its route template, whether any of its paths could be excluded) is settled on the
+        stack's first request and checked again only if another handler ever shows up.
+        """
         set_current, running = runtime.set_current, runtime.RUNNING
         # OpenTelemetry's own context variable when it has one (the default): attach and detach without
         # the two function layers around it; another runtime context goes through the public API.
@@ -168,26 +186,31 @@ class RequestObserver:
         attach = otel_context.attach if context_var is None else context_var.set
         detach = otel_context.detach if context_var is None else context_var.reset
         current_context = otel_context.get_current if context_var is None else context_var.get
+        handler: object = None  # the route handler this stack serves, learnt on its first request
+        route = _Route(False, "", True)
 
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:
+            nonlocal handler, route
             app_runtime = self._runtime
             if app_runtime is not None:
                 if len(running) > 1:  # log_metric & co. in this request find this app (alone, it is found anyway)
                     set_current(app_runtime)
                 if app_runtime.sentry is not None:
                     new_request_breadcrumbs()
-            path = scope["path"]
-            if (
-                scope["type"] != http
-                or path in exact
-                or path.startswith(prefixes)
-                or scope["route_handler"].opt.get(opt_key, True) is False
-            ):
+            if scope["route_handler"] is not handler:
+                handler = scope["route_handler"]
+                route = self._route(scope)
+            if not route.observed or (route.check_path and self.is_excluded(scope["path"])):
                 await app(scope, receive, send)
                 return
             state: dict[str, Any] = scope  # type: ignore[assignment]
             try:
-                exchange = self._open(scope, scope["path_template"] or self._mount_label(state))
+                method: str = scope["method"]  # type: ignore[typeddict-item]  # an HTTP scope
+                template = route.template or self._mount_label(state)
+                exchange = _Exchange(perf_counter(), template, method if method in KNOWN_METHODS else "_OTHER")
+                telemetry = self._telemetry
+                if telemetry is not None:
+                    self._trace(telemetry, scope, exchange, template)
             except Exception:  # our failure must not become the request's
                 self._log_failure()
                 await app(scope, receive, send)
@@ -214,6 +237,24 @@ class RequestObserver:
 
         return observe
 
+    def _route(self, scope: Scope) -> _Route:
+        """What the middleware needs to know about the route handler of ``scope``, worked out once."""
+        observed = scope["type"] == ScopeType.HTTP and scope["route_handler"].opt.get(self._opt_key, True) is not False
+        template: str = scope.get("path_template", "")  # "" for a mounted app
+        return _Route(observed, template, not template or self._may_exclude(template))
+
+    def _may_exclude(self, template: str) -> bool:
+        """Whether some request path routed to ``template`` could be in ``exclude_paths``.
+
+        Conservative: every parameter may stand for anything (slashes included), the path may carry
+        a ``root_path`` in front and a trailing slash; prefix exclusions are always checked.
+        """
+        if self._prefixes:
+            return True
+        pattern = ".*".join(re.escape(literal) for literal in re.split(r"\{[^}]*\}", template))
+        matcher = re.compile(f".*{pattern}/?", re.DOTALL)
+        return any(matcher.fullmatch(path) for path in self._exact)
+
     async def after_exception(self, exc: BaseException, scope: Scope) -> None:
         """Remember the exception; open requests that failed before reaching a route."""
         if scope["type"] != ScopeType.HTTP:
@@ -224,7 +265,9 @@ class RequestObserver:
             if exchange is None and "path_template" not in state and not self.is_excluded(scope["path"]):
                 if self._runtime is not None and len(runtime.RUNNING) > 1:
                     runtime.set_current(self._runtime)
-                exchange = state[_KEY] = self._open(scope, None)
+                exchange = state[_KEY] = _Exchange(perf_counter(), self._unmatched, method_label(scope["method"]))
+                if self._telemetry is not None:
+                    self._trace(self._telemetry, scope, exchange, None)
         except Exception:
             self._log_failure()
         if exchange is not None:
@@ -243,52 +286,54 @@ class RequestObserver:
                 if not event.get("more_body", False):
                     self._close(state, exchange)
             elif kind == "http.response.start":
-                status = exchange.status = event["status"]
-                if exchange.request_id:
-                    headers = event.get("headers")
-                    request_id = (b"x-request-id", exchange.request_id)
-                    event["headers"] = [*headers, request_id] if headers else [request_id]
-                if exchange.exc is not None and status in self._capture_statuses:
-                    self._report(state, exchange)
+                exchange.status = event["status"]
+                if exchange.request_id or exchange.exc is not None:
+                    self._start_response(state, exchange, event)
         except Exception:
             self._log_failure()
 
     # ------------------------------------------------------------------ internals
 
-    def _open(self, scope: Scope, route: str | None) -> _Exchange:
+    def _trace(self, telemetry: Telemetry, scope: Scope, exchange: _Exchange, route: str | None) -> None:
+        """Give ``exchange`` its server span (or, unsampled, only its ids); ``route`` is None when no route matched."""
         method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
-        label = method if method in KNOWN_METHODS else "_OTHER"
-        label_route = self._unmatched if route is None else route
-        telemetry = self._telemetry
-        if telemetry is None:
-            return _Exchange(perf_counter(), None, label_route, label, None, b"", 0)
         parent = None
         for header, _ in scope["headers"]:
             if header in _PROPAGATION:  # the caller's trace context and baggage, parsed only when sent
                 carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATION}
-                parent = extract(carrier, getter=_GETTER)
+                parent = exchange.parent = extract(carrier, getter=_GETTER)
                 break
         sampling = telemetry.sampling
         parent_context = None
         if sampling is None:  # a provider that is not ours: its sampler decides
             span = telemetry.start_foreign(
-                span_name(label, route), parent, lambda: server_span_attributes(scope, method, route, self._scrubber)
+                span_name(exchange.method, route),
+                parent,
+                lambda: server_span_attributes(scope, method, route, self._scrubber),
             )
             context = span.get_span_context()
-            return _Exchange(
-                perf_counter(), span, label_route, label, parent, b"%032x" % context.trace_id, context.span_id
-            )
+            exchange.span, exchange.request_id, exchange.span_id = span, b"%032x" % context.trace_id, context.span_id
+            return
         if parent is None:
             sampled, trace_id = sampling.sample_root()
         else:
             sampled, trace_id, parent_context = telemetry.sample_joined(parent)
+        exchange.request_id = b"%032x" % trace_id
         if not sampled:  # most requests in production: ids only, nothing else is computed
-            dropped = DroppedSpan(trace_id, parent_context)
-            return _Exchange(perf_counter(), dropped, label_route, label, parent, b"%032x" % trace_id, dropped.span_id)
+            dropped = exchange.span = DroppedSpan(trace_id, parent_context)
+            exchange.span_id = dropped.span_id
+            return
         attributes = server_span_attributes(scope, method, route, self._scrubber)
-        span = telemetry.start_sampled(span_name(label, route), trace_id, parent_context, parent, attributes)
-        span_id = span.get_span_context().span_id
-        return _Exchange(perf_counter(), span, label_route, label, parent, b"%032x" % trace_id, span_id)
+        span = telemetry.start_sampled(span_name(exchange.method, route), trace_id, parent_context, parent, attributes)
+        exchange.span, exchange.span_id = span, span.get_span_context().span_id
+
+    def _start_response(self, state: dict[str, Any], exchange: _Exchange, event: dict[str, Any]) -> None:
+        if exchange.request_id:
+            headers = event.get("headers")
+            request_id = (b"x-request-id", exchange.request_id)
+            event["headers"] = [*headers, request_id] if headers else [request_id]
+        if exchange.exc is not None and exchange.status in self._capture_statuses:
+            self._report(state, exchange)
 
     def _close(self, state: dict[str, Any], exchange: _Exchange) -> None:
         """Write the latency record and end the span; exactly once per request."""
@@ -300,21 +345,27 @@ class RequestObserver:
             record = self._record
             if record is not None:
                 record(exchange.route, exchange.method, status, duration, error, exchange.request_id, exchange.span_id)
-            durations = self._durations
-            if durations is not None:
-                error_type = error if error is not None or status < 500 else str(status)
-                durations.record(duration, exchange.method, exchange.route, status, state["scheme"], error_type)
-            span = exchange.span
-            if span is not None and not isinstance(span, NonRecordingSpan):  # nothing to add to a dropped span
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    if exchange.exc is not None:
-                        span.record_exception(exchange.exc)
-                    span.set_attribute("error.type", error or str(status))
-                    span.set_status(Status(StatusCode.ERROR))
-                span.end()
+            if self._telemetry_on_close:
+                self._close_telemetry(state, exchange, duration, error)
         except Exception:
             self._log_failure()
+
+    def _close_telemetry(self, state: dict[str, Any], exchange: _Exchange, duration: float, error: str | None) -> None:
+        """The duration histogram and the server span's end (when either can exist, see :meth:`bind`)."""
+        status = exchange.status
+        durations = self._durations
+        if durations is not None:
+            error_type = error if error is not None or status < 500 else str(status)
+            durations.record(duration, exchange.method, exchange.route, status, state["scheme"], error_type)
+        span = exchange.span
+        if span is not None and not isinstance(span, NonRecordingSpan):  # nothing to add to a dropped span
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                if exchange.exc is not None:
+                    span.record_exception(exchange.exc)
+                span.set_attribute("error.type", error or str(status))
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
 
     def _server_error(self, exchange: _Exchange) -> str | None:
         """A 5xx: the exception's type name (``None`` if none was raised), logged once with its traceback."""

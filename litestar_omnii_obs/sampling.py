@@ -77,6 +77,11 @@ class ServerSampling:
         arg = 1.0 if tracing.sampler_arg is None else tracing.sampler_arg
         return cls(fixed.get(name, arg), name.startswith("parentbased_"))
 
+    @property
+    def never(self) -> bool:
+        """Whether no server span is ever recorded (rate 0 and not following the caller's flag)."""
+        return self.rate <= 0.0 and not self.parent_based
+
     def sdk_sampler(self) -> Sampler:
         """The SDK sampler that decides as :meth:`sample_root` and :meth:`sampled` do."""
         root = ALWAYS_ON if self.rate >= 1.0 else ALWAYS_OFF if self.rate <= 0.0 else TraceIdRatioBased(self.rate)

@@ -231,6 +231,37 @@ async def test_excluded_paths_and_opted_out_handlers_get_no_record(sink: Path) -
 
 
 @pytest.mark.asyncio
+async def test_exact_exclusion_of_one_concrete_path_leaves_the_rest_of_its_route(sink: Path) -> None:
+    # "/users/0" and "/users/0/" fit the template "/users/{user_id:int}": only those paths lose their record,
+    # while "/health" (no route can serve it) costs the other routes no per-request check.
+    @get("/teams/{team:str}/members/{member:int}")
+    async def member(team: FromPath[str], member: FromPath[int]) -> str:
+        return f"{team}/{member}"
+
+    app = run_app(sink, [get_user, member], latency={"exclude_paths": ("/users/0", "/teams/x/members/1", "/health")})
+    async with AsyncTestClient(app=app) as client:
+        paths = ("/users/0", "/users/1", "/users/0", "/teams/x/members/1", "/teams/y/members/1", "/users/10")
+        statuses = [(await client.get(p)).status_code for p in paths]
+    assert statuses == [200] * 6
+    records = latency_records(sink)
+    assert [(r["route"], r["status"]) for r in records] == [
+        ("/users/{user_id}", 200),
+        ("/teams/{team}/members/{member}", 200),
+        ("/users/{user_id}", 200),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_exclusions_match_the_apps_own_path_under_a_root_path(sink: Path) -> None:
+    # Behind a proxy (root_path "/api") the exclusions name the app's own paths, as its routes do.
+    app = run_app(sink, [get_user, health], latency={"exclude_paths": ("/health", "/users/7")})
+    async with AsyncTestClient(app=app, root_path="/api") as client:
+        statuses = [(await client.get(p)).status_code for p in ("/health", "/users/7", "/users/8")]
+    assert statuses == [200, 200, 200]
+    assert [r["route"] for r in latency_records(sink)] == ["/users/{user_id}"]
+
+
+@pytest.mark.asyncio
 async def test_mounted_asgi_app_is_labelled_by_its_mount_path(sink: Path) -> None:
     from litestar.handlers import asgi
 

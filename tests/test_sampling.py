@@ -43,11 +43,16 @@ def test_default_sampling_is_the_trace_id_ratio_rule_at_the_sentry_rate(obs_capt
     assert 40 < len(recorded) < 160  # about a quarter
 
 
+@pytest.mark.parametrize("sampler", [None, "parentbased_always_off"])
 @pytest.mark.parametrize(("flags", "recorded"), [("01", True), ("00", False)])
-def test_a_callers_decision_is_followed(obs_capture: ObservabilityCapture, flags: str, recorded: bool) -> None:
-    ids = run(config(), 5, {"traceparent": f"00-{CALLER_TRACE}-b7ad6b7169203331-{flags}"})
+def test_a_callers_decision_is_followed(
+    obs_capture: ObservabilityCapture, flags: str, recorded: bool, sampler: str | None
+) -> None:
+    # parentbased_always_off records nothing of its own, yet a sampled caller's requests are recorded and ended.
+    ids = run(config(sampler=sampler), 5, {"traceparent": f"00-{CALLER_TRACE}-b7ad6b7169203331-{flags}"})
     assert ids == [CALLER_TRACE] * 5
     assert len(obs_capture.spans) == (5 if recorded else 0)
+    assert all(s.attributes is not None and s.attributes["http.response.status_code"] == 200 for s in obs_capture.spans)
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
-    from opentelemetry.trace import Span
+    from opentelemetry.trace import Span, SpanContext
 
     from litestar_omnii_obs.config import ObservabilityConfig
     from litestar_omnii_obs.durations import RequestDurations
@@ -192,7 +192,7 @@ class RequestObserver:
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:
             nonlocal handler, route
             app_runtime = self._runtime
-            if app_runtime is not None:
+            if app_runtime is not None and app_runtime.per_request:
                 if len(running) > 1:  # log_metric & co. in this request find this app (alone, it is found anyway)
                     set_current(app_runtime)
                 if app_runtime.sentry is not None:
@@ -295,37 +295,67 @@ class RequestObserver:
     # ------------------------------------------------------------------ internals
 
     def _trace(self, telemetry: Telemetry, scope: Scope, exchange: _Exchange, route: str | None) -> None:
-        """Give ``exchange`` its server span (or, unsampled, only its ids); ``route`` is None when no route matched."""
-        method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
-        parent = None
+        """Give ``exchange`` its server span (or, unsampled, only its ids); ``route`` is None when no route matched.
+
+        The usual request (no trace headers, not sampled) takes the first, shortest way: a trace id,
+        its hex form and a :class:`DroppedSpan`, nothing else.
+        """
         for header, _ in scope["headers"]:
             if header in _PROPAGATION:  # the caller's trace context and baggage, parsed only when sent
-                carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATION}
-                parent = exchange.parent = extract(carrier, getter=_GETTER)
-                break
+                self._trace_joined(telemetry, scope, exchange, route)
+                return
         sampling = telemetry.sampling
-        parent_context = None
         if sampling is None:  # a provider that is not ours: its sampler decides
-            span = telemetry.start_foreign(
-                span_name(exchange.method, route),
-                parent,
-                lambda: server_span_attributes(scope, method, route, self._scrubber),
-            )
-            context = span.get_span_context()
-            exchange.span, exchange.request_id, exchange.span_id = span, b"%032x" % context.trace_id, context.span_id
+            self._trace_foreign(telemetry, scope, exchange, route)
             return
-        if parent is None:
-            sampled, trace_id = sampling.sample_root()
-        else:
-            sampled, trace_id, parent_context = telemetry.sample_joined(parent)
+        sampled, trace_id = sampling.sample_root()
         exchange.request_id = b"%032x" % trace_id
-        if not sampled:  # most requests in production: ids only, nothing else is computed
+        if sampled:
+            self._start_span(telemetry, scope, exchange, route, trace_id, None)
+        else:
+            dropped = exchange.span = DroppedSpan(trace_id)
+            exchange.span_id = dropped.span_id
+
+    def _trace_joined(self, telemetry: Telemetry, scope: Scope, exchange: _Exchange, route: str | None) -> None:
+        """A request with trace headers: the caller's trace and decision (and baggage) are followed."""
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATION}
+        exchange.parent = extract(carrier, getter=_GETTER)
+        if telemetry.sampling is None:
+            self._trace_foreign(telemetry, scope, exchange, route)
+            return
+        sampled, trace_id, parent_context = telemetry.sample_joined(exchange.parent)
+        exchange.request_id = b"%032x" % trace_id
+        if sampled:
+            self._start_span(telemetry, scope, exchange, route, trace_id, parent_context)
+        else:
             dropped = exchange.span = DroppedSpan(trace_id, parent_context)
             exchange.span_id = dropped.span_id
-            return
+
+    def _start_span(
+        self,
+        telemetry: Telemetry,
+        scope: Scope,
+        exchange: _Exchange,
+        route: str | None,
+        trace_id: int,
+        parent_context: SpanContext | None,
+    ) -> None:
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
         attributes = server_span_attributes(scope, method, route, self._scrubber)
-        span = telemetry.start_sampled(span_name(exchange.method, route), trace_id, parent_context, parent, attributes)
+        name = span_name(exchange.method, route)
+        span = telemetry.start_sampled(name, trace_id, parent_context, exchange.parent, attributes)
         exchange.span, exchange.span_id = span, span.get_span_context().span_id
+
+    def _trace_foreign(self, telemetry: Telemetry, scope: Scope, exchange: _Exchange, route: str | None) -> None:
+        """A tracer provider that is not ours: the SDK starts the span and its sampler decides."""
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
+        span = telemetry.start_foreign(
+            span_name(exchange.method, route),
+            exchange.parent,
+            lambda: server_span_attributes(scope, method, route, self._scrubber),
+        )
+        context = span.get_span_context()
+        exchange.span, exchange.request_id, exchange.span_id = span, b"%032x" % context.trace_id, context.span_id
 
     def _start_response(self, state: dict[str, Any], exchange: _Exchange, event: dict[str, Any]) -> None:
         if exchange.request_id:

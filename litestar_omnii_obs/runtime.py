@@ -57,6 +57,7 @@ class Runtime:
         "config",
         "metric_observers",
         "operation_observers",
+        "per_request",
         "request_observers",
         "running",
         "sentry",
@@ -76,6 +77,9 @@ class Runtime:
         #: Observers of every request's ``api_latency`` record (the pytest plugin); empty in production.
         self.request_observers: list[MetricObserver] = []
         self.running = False
+        #: Whether the request hook has something to set up on each request: Sentry's per-request
+        #: breadcrumbs, or this app's context while several apps run (kept by :func:`enter` and :func:`leave`).
+        self.per_request = False
 
     def record(self, metric: Metric, context: trace.SpanContext | None = None) -> None:
         """Write ``metric`` with ``context``'s ids (default: the current span's) and tell the observers."""
@@ -149,6 +153,7 @@ def enter(runtime: Runtime) -> None:
     with _lock:
         runtime.running = True
         RUNNING.append(runtime)
+        _settle_per_request()
     _current.set(runtime)
 
 
@@ -157,6 +162,14 @@ def leave(runtime: Runtime) -> None:
         runtime.running = False
         if runtime in RUNNING:
             RUNNING.remove(runtime)
+        runtime.per_request = False
+        _settle_per_request()
+
+
+def _settle_per_request() -> None:
+    several = len(RUNNING) > 1
+    for runtime in RUNNING:
+        runtime.per_request = several or runtime.sentry is not None
 
 
 #: Make a runtime current for this request's task (the middleware does, while several apps run).

@@ -33,20 +33,16 @@ from litestar.enums import ScopeType
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.propagate import extract
-from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import NonRecordingSpan, Status, StatusCode
 
 from litestar_omnii_obs import runtime
 from litestar_omnii_obs._compat import otel_context_var
-from litestar_omnii_obs.attributes import KNOWN_METHODS, method_label, server_span_attributes, span_name
-from litestar_omnii_obs.sampling import DroppedSpan
+from litestar_omnii_obs.attributes import KNOWN_METHODS, method_label
+from litestar_omnii_obs.exchange import Exchange, end_server_span, trace_request
 from litestar_omnii_obs.scrubbing import SecretScrubber
 from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
-    from opentelemetry.trace import Span, SpanContext
 
     from litestar_omnii_obs.config import ObservabilityConfig
     from litestar_omnii_obs.durations import RequestDurations
@@ -56,8 +52,7 @@ __all__ = ["ObserverMiddleware", "RequestObserver"]
 
 _logger = logging.getLogger("litestar_omnii_obs")
 
-_KEY = "omnii_obs"  # the request's _Exchange, kept in the ASGI scope
-_PROPAGATION = frozenset({b"traceparent", b"tracestate", b"baggage"})
+_KEY = "omnii_obs"  # the request's Exchange, kept in the ASGI scope
 
 
 def _record_in_current(
@@ -67,38 +62,8 @@ def _record_in_current(
     runtime.current().record_latency(route, method, status, seconds, error, trace_hex, span_id)
 
 
-class _HeaderGetter(Getter[dict[str, str]]):
-    def get(self, carrier: dict[str, str], key: str) -> list[str] | None:
-        value = carrier.get(key)
-        return None if value is None else [value]
-
-    def keys(self, carrier: dict[str, str]) -> list[str]:
-        return list(carrier)
-
-
-_GETTER = _HeaderGetter()
 #: The context key OpenTelemetry keeps the current span under, learnt from its public API.
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
-
-
-class _Exchange(msgspec.Struct):
-    """What one request needs between its first and last message.
-
-    A msgspec ``Struct`` (never encoded) because one is built on every request and its
-    constructor runs in C: a Python ``__init__`` measured about 0.5 µs more per request.
-    """
-
-    start: float
-    route: str
-    method: str
-    span: Span | None = None
-    parent: Context | None = None  # the caller's context (baggage), kept current under the span
-    # The span's ids, read without building its SpanContext: the trace id as the 32 hex digits that
-    # X-Request-ID and the metric line both carry (formatted once), the span id (b"" and 0 without tracing).
-    request_id: bytes = b""
-    span_id: int = 0
-    status: int = 500
-    exc: BaseException | None = None
 
 
 class _Route(msgspec.Struct):
@@ -207,10 +172,10 @@ class RequestObserver:
             try:
                 method: str = scope["method"]  # type: ignore[typeddict-item]  # an HTTP scope
                 template = route.template or self._mount_label(state)
-                exchange = _Exchange(perf_counter(), template, method if method in KNOWN_METHODS else "_OTHER")
+                exchange = Exchange(perf_counter(), template, method if method in KNOWN_METHODS else "_OTHER")
                 telemetry = self._telemetry
                 if telemetry is not None:
-                    self._trace(telemetry, scope, exchange, template)
+                    trace_request(telemetry, scope, exchange, template, self._scrubber)
             except Exception:  # our failure must not become the request's
                 self._log_failure()
                 await app(scope, receive, send)
@@ -260,14 +225,14 @@ class RequestObserver:
         if scope["type"] != ScopeType.HTTP:
             return
         state: dict[str, Any] = scope  # type: ignore[assignment]
-        exchange: _Exchange | None = state.get(_KEY)
+        exchange: Exchange | None = state.get(_KEY)
         try:
             if exchange is None and "path_template" not in state and not self.is_excluded(scope["path"]):
                 if self._runtime is not None and len(runtime.RUNNING) > 1:
                     runtime.set_current(self._runtime)
-                exchange = state[_KEY] = _Exchange(perf_counter(), self._unmatched, method_label(scope["method"]))
+                exchange = state[_KEY] = Exchange(perf_counter(), self._unmatched, method_label(scope["method"]))
                 if self._telemetry is not None:
-                    self._trace(self._telemetry, scope, exchange, None)
+                    trace_request(self._telemetry, scope, exchange, None, self._scrubber)
         except Exception:
             self._log_failure()
         if exchange is not None:
@@ -276,7 +241,7 @@ class RequestObserver:
     async def before_send(self, message: Message, scope: Scope) -> None:
         """Add ``X-Request-ID``, report 5xx errors, close the request at the last byte."""
         state: dict[str, Any] = scope  # type: ignore[assignment]
-        exchange: _Exchange | None = state.get(_KEY)
+        exchange: Exchange | None = state.get(_KEY)
         if exchange is None:
             return
         event: dict[str, Any] = message  # type: ignore[assignment]
@@ -294,70 +259,7 @@ class RequestObserver:
 
     # ------------------------------------------------------------------ internals
 
-    def _trace(self, telemetry: Telemetry, scope: Scope, exchange: _Exchange, route: str | None) -> None:
-        """Give ``exchange`` its server span (or, unsampled, only its ids); ``route`` is None when no route matched.
-
-        The usual request (no trace headers, not sampled) takes the first, shortest way: a trace id,
-        its hex form and a :class:`DroppedSpan`, nothing else.
-        """
-        for header, _ in scope["headers"]:
-            if header in _PROPAGATION:  # the caller's trace context and baggage, parsed only when sent
-                self._trace_joined(telemetry, scope, exchange, route)
-                return
-        sampling = telemetry.sampling
-        if sampling is None:  # a provider that is not ours: its sampler decides
-            self._trace_foreign(telemetry, scope, exchange, route)
-            return
-        sampled, trace_id = sampling.sample_root()
-        exchange.request_id = b"%032x" % trace_id
-        if sampled:
-            self._start_span(telemetry, scope, exchange, route, trace_id, None)
-        else:
-            dropped = exchange.span = DroppedSpan(trace_id)
-            exchange.span_id = dropped.span_id
-
-    def _trace_joined(self, telemetry: Telemetry, scope: Scope, exchange: _Exchange, route: str | None) -> None:
-        """A request with trace headers: the caller's trace and decision (and baggage) are followed."""
-        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATION}
-        exchange.parent = extract(carrier, getter=_GETTER)
-        if telemetry.sampling is None:
-            self._trace_foreign(telemetry, scope, exchange, route)
-            return
-        sampled, trace_id, parent_context = telemetry.sample_joined(exchange.parent)
-        exchange.request_id = b"%032x" % trace_id
-        if sampled:
-            self._start_span(telemetry, scope, exchange, route, trace_id, parent_context)
-        else:
-            dropped = exchange.span = DroppedSpan(trace_id, parent_context)
-            exchange.span_id = dropped.span_id
-
-    def _start_span(
-        self,
-        telemetry: Telemetry,
-        scope: Scope,
-        exchange: _Exchange,
-        route: str | None,
-        trace_id: int,
-        parent_context: SpanContext | None,
-    ) -> None:
-        method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
-        attributes = server_span_attributes(scope, method, route, self._scrubber)
-        name = span_name(exchange.method, route)
-        span = telemetry.start_sampled(name, trace_id, parent_context, exchange.parent, attributes)
-        exchange.span, exchange.span_id = span, span.get_span_context().span_id
-
-    def _trace_foreign(self, telemetry: Telemetry, scope: Scope, exchange: _Exchange, route: str | None) -> None:
-        """A tracer provider that is not ours: the SDK starts the span and its sampler decides."""
-        method: str = scope["method"]  # type: ignore[typeddict-item]  # only HTTP scopes get here
-        span = telemetry.start_foreign(
-            span_name(exchange.method, route),
-            exchange.parent,
-            lambda: server_span_attributes(scope, method, route, self._scrubber),
-        )
-        context = span.get_span_context()
-        exchange.span, exchange.request_id, exchange.span_id = span, b"%032x" % context.trace_id, context.span_id
-
-    def _start_response(self, state: dict[str, Any], exchange: _Exchange, event: dict[str, Any]) -> None:
+    def _start_response(self, state: dict[str, Any], exchange: Exchange, event: dict[str, Any]) -> None:
         if exchange.request_id:
             headers = event.get("headers")
             request_id = (b"x-request-id", exchange.request_id)
@@ -365,7 +267,7 @@ class RequestObserver:
         if exchange.exc is not None and exchange.status in self._capture_statuses:
             self._report(state, exchange)
 
-    def _close(self, state: dict[str, Any], exchange: _Exchange) -> None:
+    def _close(self, state: dict[str, Any], exchange: Exchange) -> None:
         """Write the latency record and end the span; exactly once per request."""
         try:
             del state[_KEY]
@@ -380,24 +282,16 @@ class RequestObserver:
         except Exception:
             self._log_failure()
 
-    def _close_telemetry(self, state: dict[str, Any], exchange: _Exchange, duration: float, error: str | None) -> None:
+    def _close_telemetry(self, state: dict[str, Any], exchange: Exchange, duration: float, error: str | None) -> None:
         """The duration histogram and the server span's end (when either can exist, see :meth:`bind`)."""
         status = exchange.status
         durations = self._durations
         if durations is not None:
             error_type = error if error is not None or status < 500 else str(status)
             durations.record(duration, exchange.method, exchange.route, status, state["scheme"], error_type)
-        span = exchange.span
-        if span is not None and not isinstance(span, NonRecordingSpan):  # nothing to add to a dropped span
-            span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                if exchange.exc is not None:
-                    span.record_exception(exchange.exc)
-                span.set_attribute("error.type", error or str(status))
-                span.set_status(Status(StatusCode.ERROR))
-            span.end()
+        end_server_span(exchange, error)
 
-    def _server_error(self, exchange: _Exchange) -> str | None:
+    def _server_error(self, exchange: Exchange) -> str | None:
         """A 5xx: the exception's type name (``None`` if none was raised), logged once with its traceback."""
         exc = exchange.exc
         if exc is None:
@@ -406,7 +300,7 @@ class RequestObserver:
             self._log_server_error(exchange, exc)
         return type(exc).__qualname__
 
-    def _log_server_error(self, exchange: _Exchange, exc: BaseException) -> None:
+    def _log_server_error(self, exchange: Exchange, exc: BaseException) -> None:
         trace_id = exchange.request_id.decode() or "-"
         request_logger.error(
             "%s %s -> %d: %s (trace_id=%s)",
@@ -418,7 +312,7 @@ class RequestObserver:
             exc_info=exc,
         )
 
-    def _report(self, state: dict[str, Any], exchange: _Exchange) -> None:
+    def _report(self, state: dict[str, Any], exchange: Exchange) -> None:
         reporter = None if self._runtime is None else self._runtime.sentry
         if reporter is None or exchange.exc is None:
             return

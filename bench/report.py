@@ -254,13 +254,13 @@ def targets_section(results: dict[str, Result], http: dict[str, Summary] | None)
     for v in VARIANTS:
         if v.target_us is not None and v.name in results:
             added = over_bare(results, v.name)
-            figure = "not measured" if added is None else f"{added:+.1f} µs"
+            figure = "not measured" if added is None else f"{added:+.2f} µs"
             ok = added is not None and added <= v.target_us
             lines.append(f"- {verdict(ok)} in-process `{v.name}` ≤ +{v.target_us:g} µs over bare: {figure}")
     for v in VARIANTS:
         s = (http or {}).get(v.name)
         if v.target_share is not None and s is not None:
-            figure = "not measured" if s.share is None else f"{s.share:.2f}"
+            figure = "not measured" if s.share is None else f"{s.share:.3f}"
             ok = s.share is not None and s.share >= v.target_share
             lines.append(f"- {verdict(ok)} uvicorn `{v.name}` ≥ {v.target_share:.2f} of bare: {figure}")
     for v in VARIANTS:

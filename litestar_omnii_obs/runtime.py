@@ -12,6 +12,7 @@ stdout (so a script that only calls ``log_metric`` still gets its lines).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import threading
 from collections.abc import Callable
@@ -139,8 +140,22 @@ def current() -> Runtime:
 
 @functools.cache
 def _default() -> Runtime:
-    """The writer for code that runs with no app running: default config, stdout."""
-    return Runtime(ObservabilityConfig(), MetricWriter(ObservabilityConfig()))
+    """The writer for code that runs with no app running: default config, stdout, written out at exit."""
+    config = ObservabilityConfig()
+    writer = MetricWriter(config)
+    atexit.register(_close_at_exit, writer, config.metrics.shutdown_timeout)
+    return Runtime(config, writer)
+
+
+def _close_at_exit(writer: MetricWriter, timeout: float) -> None:
+    """Write the default writer's queued lines before the process ends, giving up after ``timeout``.
+
+    Its thread is a daemon (a pipe nobody reads must not hold the process), so without this a
+    script's last lines would be lost; the wait is bounded like the plugin's own shutdown.
+    """
+    closer = threading.Thread(target=writer.close, name="omnii-obs-exit", daemon=True)
+    closer.start()
+    closer.join(timeout)
 
 
 def running() -> list[Runtime]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -182,6 +185,36 @@ def test_lines_queued_at_shutdown_are_written(metrics_file: Path) -> None:
     flush_metrics()
     lines = read_lines(metrics_file)
     assert [line["operation"] for line in lines] == [f"op{i}" for i in range(5000)]
+
+
+def test_a_script_without_an_app_gets_every_line_before_it_exits() -> None:
+    # log_metric with no app running writes to stdout from a daemon thread: the lines must not die with it.
+    script = (
+        "from litestar_omnii_obs import GraphQueryMetric, log_metric\n"
+        "for i in range(500):\n"
+        "    log_metric(GraphQueryMetric(query_type='neighbours', duration=1.5, result_count=i))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["result_count"] for line in lines] == list(range(500))
+    assert {line["metric"] for line in lines} == {"graph_query_duration"}
+
+
+def test_a_script_whose_stdout_nobody_reads_still_exits() -> None:
+    # The exit-time write is bounded (metrics.shutdown_timeout): a full pipe cannot hold the process forever.
+    script = (
+        "from litestar_omnii_obs import GraphQueryMetric, log_metric\n"
+        "for i in range(5000):\n"
+        "    log_metric(GraphQueryMetric(query_type='q' * 200, duration=1.5, result_count=i))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.wait(timeout=60) == 0  # nobody read the pipe while it ran
+    finally:
+        process.kill()
+        written = process.communicate()[0]
+    assert 0 < written.count(b"\n") < 5000  # what fit in the pipe, then the bound gave up
 
 
 def test_a_full_queue_drops_and_counts_instead_of_growing(sink: Path, obs_log: list[object]) -> None:

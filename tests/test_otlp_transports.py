@@ -268,6 +268,29 @@ def test_dead_grpc_collector_warns_once_then_recovers_once(obs_log: list[logging
     exporter.shutdown()
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_spans_a_collector_refuses_are_counted_and_logged_once(
+    grpc_collector: OtlpReceiver, http_collector: OtlpHttpReceiver, protocol: str, obs_log: list[logging.LogRecord]
+) -> None:
+    # OTLP partial success: the request is accepted (no back-off, no outage) but some spans are not kept.
+    collector = grpc_collector if protocol == "grpc" else http_collector
+    collector.refusal = "attribute value too long"
+    target = CollectorTarget(collector.endpoint, protocol=protocol, **FAST)  # type: ignore[arg-type]
+    exporter = FanOutSpanExporter([target])
+    for _ in range(3):
+        assert exporter.export(make_spans(children=2)) is SpanExportResult.SUCCESS
+    assert target.health.dropped == 9
+    assert not target.health.failing
+    messages = [r.getMessage() for r in obs_log if r.name == "litestar_omnii_obs"]
+    assert len(messages) == 1
+    assert "refused 3 span(s)" in messages[0]
+    assert "attribute value too long" in messages[0]
+    collector.refusal = None
+    assert exporter.export(make_spans()) is SpanExportResult.SUCCESS
+    assert target.health.dropped == 9
+    exporter.shutdown()
+
+
 def test_grpc_collector_restart_is_reached_again(
     grpc_collector: OtlpReceiver, obs_log: list[logging.LogRecord]
 ) -> None:

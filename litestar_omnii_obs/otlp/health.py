@@ -107,6 +107,7 @@ class EndpointHealth:
         self._resume_at = 0.0
         self._dropped = 0
         self._dropped_in_outage = 0
+        self._refusal_logged = False
 
     @property
     def dropped(self) -> int:
@@ -154,6 +155,26 @@ class EndpointHealth:
                 self.kind,
                 self.target,
                 dropped,
+            )
+
+    def refused(self, spans: int, message: str) -> None:
+        """An accepted request in which the server refused ``spans`` spans (OTLP partial success).
+
+        Counted as dropped; logged once per endpoint (a collector that refuses some spans
+        usually refuses the same kind every time).
+        """
+        with self._lock:
+            self._dropped += max(0, spans)
+            first = not self._refusal_logged
+            self._refusal_logged = True
+        if first:
+            _logger.warning(
+                "OTLP %s export to %s: the server refused %d span(s) of an accepted request (%s); "
+                "further refusals are counted, not logged",
+                self.kind,
+                self.target,
+                spans,
+                message or "no reason given",
             )
 
     def failed(self, reason: str, spans: int = 0, retry_after: float | None = None) -> None:

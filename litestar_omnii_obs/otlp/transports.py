@@ -3,7 +3,8 @@
 Both send the bytes :mod:`.encoding` produced as they are (no protobuf objects, no SDK
 private hooks) and share one interface, ``send(body, spans) -> bool``: it never raises,
 takes at most about ``timeout`` seconds, and leaves outage handling (log once, back off,
-drop and count, honour the server's ``Retry-After``) to the transport's
+drop and count, honour the server's ``Retry-After``, count the spans a server refuses in an
+accepted request) to the transport's
 :class:`~.health.EndpointHealth`. Credentials in an endpoint URL (``user:password@``) are
 sent as HTTP Basic authorization, never kept in the URL, and never logged.
 """
@@ -23,7 +24,9 @@ from urllib.parse import SplitResult, unquote, urlsplit
 import certifi
 import grpc  # type: ignore[import-untyped]
 import urllib3
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from litestar_omnii_obs.config import redact_url
 from litestar_omnii_obs.otlp.health import EndpointHealth, parse_retry_after, sentry_rate_limit
@@ -64,6 +67,19 @@ class _Outcome:
     reason: str = ""
     retry_after: float | None = None  # failed: how long the server asked us to wait
     pause: float | None = None  # ok: the server accepted this one but limits what follows
+    refused: int = 0  # ok: spans the server refused all the same (OTLP partial success)
+    message: str = ""  # ok: the server's reason for refusing them, or a warning
+
+
+def _partial_success(response: bytes) -> tuple[int, str]:
+    """An ``ExportTraceServiceResponse``'s partial success: (spans refused, the server's message)."""
+    if not response:
+        return 0, ""
+    try:
+        partial = ExportTraceServiceResponse.FromString(response).partial_success
+    except DecodeError:  # not an OTLP answer (a proxy's page): nothing to learn from it
+        return 0, ""
+    return partial.rejected_spans, partial.error_message
 
 
 def _describe(exc: BaseException) -> str:
@@ -116,6 +132,8 @@ class Transport(ABC):
             outcome = _Outcome(False, _describe(exc))
         if outcome.ok:
             self.health.succeeded(outcome.pause)
+            if outcome.refused or outcome.message:
+                self.health.refused(outcome.refused, outcome.message)
         else:
             self.health.failed(outcome.reason, spans, outcome.retry_after)
         return outcome.ok
@@ -183,7 +201,9 @@ class HttpTransport(Transport):
         headers = response.headers
         limited = sentry_rate_limit(headers.get("X-Sentry-Rate-Limits"))
         if 200 <= status < 300:
-            return _Outcome(True, pause=limited)
+            protobuf = headers.get("Content-Type", "").startswith("application/x-protobuf")
+            refused, message = _partial_success(response.data) if protobuf else (0, "")
+            return _Outcome(True, pause=limited, refused=refused, message=message)
         retry_after = limited if limited is not None else parse_retry_after(headers.get("Retry-After"))
         return _Outcome(False, f"HTTP {status}", retry_after)
 
@@ -258,10 +278,11 @@ class GrpcTransport(Transport):
 
     def _post(self, body: bytes) -> _Outcome:
         try:
-            self._call(body, timeout=self.timeout, metadata=self._metadata)
+            response = self._call(body, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             return self._failure(error)
-        return _Outcome(True)
+        refused, message = _partial_success(response)
+        return _Outcome(True, refused=refused, message=message)
 
     def _failure(self, error: Any) -> _Outcome:
         code = error.code() if callable(getattr(error, "code", None)) else None

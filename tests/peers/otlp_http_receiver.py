@@ -110,6 +110,8 @@ class OtlpHttpReceiver(HttpPeer):
         self._requests: list[HttpExportRequest] = []
         self._failure: _Failure | None = None
         self._failures_left: int | None = None
+        #: When set, trace exports are answered 200 with a partial success refusing every span, with this message.
+        self.refusal: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -205,11 +207,14 @@ class OtlpHttpReceiver(HttpPeer):
         if failure is not None and failure.retry_after is not None:
             headers["Retry-After"] = failure.retry_after
         if accepted:
-            response = (
-                trace_service_pb2.ExportTraceServiceResponse()
-                if signal == "traces"
-                else metrics_service_pb2.ExportMetricsServiceResponse()
-            ).SerializeToString()
+            refusal = self.refusal
+            if signal == "traces" and refusal is not None:
+                partial = trace_service_pb2.ExportTracePartialSuccess(rejected_spans=len(spans), error_message=refusal)
+                response = trace_service_pb2.ExportTraceServiceResponse(partial_success=partial).SerializeToString()
+            elif signal == "traces":
+                response = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+            else:
+                response = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
         else:
             response = (error or f"injected status {status}").encode()
         handler.respond(status, response, headers)

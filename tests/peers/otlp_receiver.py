@@ -316,7 +316,12 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         self._receiver._handle("traces", request, context)
-        return trace_service_pb2.ExportTraceServiceResponse()
+        refusal = self._receiver.refusal
+        if refusal is None:
+            return trace_service_pb2.ExportTraceServiceResponse()
+        spans = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+        partial = trace_service_pb2.ExportTracePartialSuccess(rejected_spans=spans, error_message=refusal)
+        return trace_service_pb2.ExportTraceServiceResponse(partial_success=partial)
 
 
 class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -362,6 +367,9 @@ class OtlpReceiver:
         self._requests: list[ExportRequest] = []
         self._failure: _Failure | None = None
         self._failures_left: int | None = None
+        #: When set, trace exports are accepted but answered with a partial success refusing every span, with
+        #: this message (spans are still recorded, as a collector that dropped them after decoding would).
+        self.refusal: str | None = None
         if error_code is not None:
             self.fail_with(error_code, details=error_details)
 

@@ -20,6 +20,10 @@ dependency changes it, so an upgrade breaks a test rather than production.
 * ``opentelemetry.context._RUNTIME_CONTEXT._current_context``: the context variable
   behind ``attach``/``detach``; the request hook sets and resets it directly (two
   function layers less on every request) when the runtime context is the default one.
+* ``ReadableSpan._end_time`` / ``_status`` / ``_name``: the fields behind its ``end_time``,
+  ``status`` and ``name`` properties. :class:`~litestar_omnii_obs.server_span.ServerSpan`
+  is its own ``ReadableSpan`` (as the SDK's ``Span`` is) and sets these as the span
+  changes, instead of copying itself into a new ``ReadableSpan`` when it ends.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ from opentelemetry import context as otel_context
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from sentry_sdk._types import SENSITIVE_DATA_SUBSTITUTE, AnnotatedValue
 from sentry_sdk.transport import HttpTransport
 
 if TYPE_CHECKING:
     # The return type of ``Tracer.start_as_current_span``, which a delegating tracer must match.
     from opentelemetry.context import Context
+    from opentelemetry.trace import Status
     from opentelemetry.util._decorator import _AgnosticContextManager as AgnosticContextManager
 
 __all__ = [
@@ -54,6 +59,9 @@ __all__ = [
     "exporter_preferences",
     "follow_config_not_environ",
     "otel_context_var",
+    "set_span_end",
+    "set_span_name",
+    "set_span_status",
 ]
 
 _logger = logging.getLogger("litestar_omnii_obs")
@@ -180,3 +188,18 @@ class QuietHttpTransport(HttpTransport):
             self._failing = False
             self._backoff = 1.0
             _logger.warning("sending to Sentry recovered")
+
+
+def set_span_end(span: ReadableSpan, end_time: int) -> None:
+    """What ``span.end_time`` returns from now on."""
+    span._end_time = end_time
+
+
+def set_span_status(span: ReadableSpan, status: Status) -> None:
+    """What ``span.status`` returns from now on."""
+    span._status = status
+
+
+def set_span_name(span: ReadableSpan, name: str) -> None:
+    """What ``span.name`` returns from now on."""
+    span._name = name

@@ -5,9 +5,9 @@ A sampled request's SERVER span goes through the SDK's ``Tracer.start_span`` and
 attribute value checked under a lock, and a ``ReadableSpan`` copied at the end.
 :class:`ServerSpan` implements OpenTelemetry's ``Span`` API (user code can still add
 attributes, events, links and a status to the current span, and child spans nest under
-it) and, when the request ends, hands one SDK ``ReadableSpan`` to the span processors the
-plugin gave its provider: the same spans reach the same exporters, for about a fifth of
-the cost. Used only while those processors are all the provider has (not with
+it) and is itself the SDK ``ReadableSpan`` it hands, when the request ends, to the span
+processors the plugin gave its provider: the same spans reach the same exporters, for
+about a fifth of the cost. Used only while those processors are all the provider has (not with
 sentry-sdk's span processor, which needs ``on_start``).
 """
 
@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from litestar_omnii_obs._compat import set_span_end, set_span_name, set_span_status
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -58,40 +60,15 @@ class ServerSpans:
         context = SpanContext(trace_id, span_id, False, _SAMPLED, state)
         return ServerSpan(self, name, context, parent, attributes)
 
-    def finish(self, span: ServerSpan, end_time: int) -> None:
-        readable = ReadableSpan(
-            name=span.name,
-            context=span.context,
-            parent=span.parent,
-            resource=self.resource,
-            attributes=span.attributes,
-            events=span.events,
-            links=span.links,
-            kind=SpanKind.SERVER,
-            status=span.status,
-            start_time=span.start_time,
-            end_time=end_time,
-            instrumentation_scope=self.scope,
-        )
-        for processor in self.processors:
-            processor.on_end(readable)
 
+class ServerSpan(trace.Span, ReadableSpan):
+    """A recording SERVER span, and the SDK ``ReadableSpan`` the processors get when it ends.
 
-class ServerSpan(trace.Span):
-    """A recording SERVER span; ``end()`` turns it into one SDK ``ReadableSpan``."""
-
-    __slots__ = (
-        "_spans",
-        "attributes",
-        "context",
-        "end_time",
-        "events",
-        "links",
-        "name",
-        "parent",
-        "start_time",
-        "status",
-    )
+    Like the SDK's own ``Span`` it is both: built with ``ReadableSpan``'s public constructor
+    over the attribute dict and event and link lists it then adds to, so ending it hands
+    the span itself to the processors (no copy). The three fields that change after that
+    (end time, status, name) are set through :mod:`litestar_omnii_obs._compat`.
+    """
 
     def __init__(
         self,
@@ -102,53 +79,66 @@ class ServerSpan(trace.Span):
         attributes: dict[str, Any],
     ) -> None:
         self._spans = spans
-        self.name = name
-        self.context = context
-        self.parent = parent
-        self.attributes = attributes
-        self.events: list[Event] = []
-        self.links: list[Link] = []
-        self.status = _UNSET
-        self.start_time = time.time_ns()
-        self.end_time: int | None = None
+        self._span_context = context
+        self._values = attributes  # the dicts and lists ReadableSpan reads, kept to add to
+        self._event_list: list[Event] = []
+        self._link_list: list[Link] = []
+        self._recording = True
+        ReadableSpan.__init__(
+            self,
+            name,
+            context,
+            parent,
+            spans.resource,
+            attributes,
+            self._event_list,
+            self._link_list,
+            SpanKind.SERVER,
+            None,
+            _UNSET,
+            time.time_ns(),
+            None,
+            spans.scope,
+        )
 
     def get_span_context(self) -> SpanContext:
-        return self.context
+        return self._span_context
 
     def is_recording(self) -> bool:
-        return self.end_time is None
+        return self._recording
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
         for key, value in attributes.items():
             self.set_attribute(key, value)
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
-        if self.end_time is not None or not key:
+        if not self._recording or not key:
             return
         if not isinstance(value, _SCALARS):  # a sequence of scalars is kept as a tuple, anything else dropped
             if not _valid(value):
                 return
             value = tuple(value)  # type: ignore[arg-type]
-        if key in self.attributes or len(self.attributes) < _MAX_ITEMS:
-            self.attributes[key] = value
+        values = self._values
+        if key in values or len(values) < _MAX_ITEMS:
+            values[key] = value
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
-        if self.end_time is None and len(self.events) < _MAX_ITEMS:
+        if self._recording and len(self._event_list) < _MAX_ITEMS:
             clean = {k: v for k, v in (attributes or {}).items() if _valid(v)}
-            self.events.append(Event(name, clean, timestamp or time.time_ns()))
+            self._event_list.append(Event(name, clean, timestamp or time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
-        if self.end_time is None and len(self.links) < _MAX_ITEMS and context.is_valid:
-            self.links.append(Link(context, attributes))
+        if self._recording and len(self._link_list) < _MAX_ITEMS and context.is_valid:
+            self._link_list.append(Link(context, attributes))
 
     def update_name(self, name: str) -> None:
-        if self.end_time is None:
-            self.name = name
+        if self._recording:
+            set_span_name(self, name)
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        if self.end_time is not None or self.status.status_code is StatusCode.OK:
+        if not self._recording or self.status.status_code is StatusCode.OK:
             return  # as in the SDK: OK is final
-        self.status = status if isinstance(status, Status) else Status(status, description)
+        set_span_status(self, status if isinstance(status, Status) else Status(status, description))
 
     def record_exception(
         self,
@@ -170,7 +160,9 @@ class ServerSpan(trace.Span):
         self.add_event("exception", event, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
-        if self.end_time is not None:
+        if not self._recording:
             return
-        self.end_time = end_time or time.time_ns()
-        self._spans.finish(self, self.end_time)
+        self._recording = False
+        set_span_end(self, end_time or time.time_ns())
+        for processor in self._spans.processors:
+            processor.on_end(self)

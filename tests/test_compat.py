@@ -7,6 +7,7 @@ reshapes something the package uses, so the break shows here rather than in prod
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExp
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status, StatusCode
 from sentry_sdk.transport import HttpTransport
 
 from litestar_omnii_obs import _compat
@@ -150,3 +152,15 @@ def test_the_otel_context_variable_is_what_attach_and_detach_use() -> None:
     public = otel_context.attach(otel_context.set_value(key, "attached"))
     assert variable.get().get(key) == "attached"  # and attach sets this very variable
     otel_context.detach(public)
+
+
+def test_readable_span_properties_read_the_fields_server_spans_set() -> None:
+    span = ReadableSpan("before", status=Status(StatusCode.UNSET), start_time=1)
+    _compat.set_span_end(span, 5)
+    _compat.set_span_status(span, Status(StatusCode.ERROR, "boom"))
+    _compat.set_span_name(span, "after")
+    assert (span.end_time, span.name) == (5, "after")
+    assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, "boom")
+    exported = json.loads(span.to_json())
+    assert (exported["name"], exported["status"]["status_code"]) == ("after", "ERROR")
+    assert exported["end_time"] is not None

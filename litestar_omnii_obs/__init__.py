@@ -8,19 +8,16 @@ from litestar_omnii_obs.config import (
     SentryConfig,
     TracingConfig,
 )
-from litestar_omnii_obs.metrics import (
+from litestar_omnii_obs.metrics import TimedOperation, flush_metrics, log_metric, timed_operation
+from litestar_omnii_obs.plugin import ObservabilityPlugin
+from litestar_omnii_obs.records import (
     ApiLatencyMetric,
     GraphQueryMetric,
     Metric,
     OperationMetric,
     SyncMetric,
     SyncSource,
-    TimedOperation,
-    flush_metrics,
-    log_metric,
-    timed_operation,
 )
-from litestar_omnii_obs.plugin import ObservabilityPlugin
 from litestar_omnii_obs.sentry import capture_error
 
 __all__ = [

@@ -17,23 +17,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from litestar_omnii_obs import runtime
-from litestar_omnii_obs.records import (
-    ApiLatencyMetric,
-    GraphQueryMetric,
-    Metric,
-    OperationMetric,
-    SyncMetric,
-    SyncSource,
-    milliseconds,
-)
+from litestar_omnii_obs.records import Metric, OperationMetric, milliseconds
 
 __all__ = [
-    "ApiLatencyMetric",
-    "GraphQueryMetric",
-    "Metric",
-    "OperationMetric",
-    "SyncMetric",
-    "SyncSource",
     "TimedOperation",
     "flush_metrics",
     "log_metric",

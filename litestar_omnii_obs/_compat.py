@@ -6,12 +6,12 @@ dependency changes it, so an upgrade breaks a test rather than production.
 * ``sentry_sdk._types.AnnotatedValue`` and ``SENSITIVE_DATA_SUBSTITUTE``: how sentry-sdk's
   own scrubber marks a redacted value, which ours must do the same way.
 * sentry-sdk's ``HttpTransport`` hooks (``_get_pool_options``, ``_send_request``,
-  ``_handle_response``, ``_update_rate_limits``, ``_handle_request_error``,
-  ``_disabled_until``): :class:`QuietHttpTransport` replaces retry storms and
-  per-envelope error logs with one log line per outage and a back-off.
-* The OpenTelemetry SDK's log messages for a full span queue and for failed metric
-  exports (matched as text by :class:`ExportLogFilter`): the SDK reports these only
-  through logging.
+  ``_update_headers``, ``_request``, ``_update_rate_limits``, ``_worker``):
+  :class:`QuietHttpTransport` sends under the package's one outage rule
+  (:mod:`litestar_omnii_obs.health`) and counts every event it does not deliver.
+* The OpenTelemetry SDK's log messages for failed metric exports (matched as text by
+  :class:`ExportLogFilter`, only to keep them quiet: one line per outage is ours; nothing
+  is counted from them).
 * ``TracerProvider._disabled`` / ``MeterProvider._disabled``: the SDK reads
   ``OTEL_SDK_DISABLED`` from ``os.environ`` in its constructors; the config is the
   whole truth, so :func:`follow_config_not_environ` sets it from the config.
@@ -29,8 +29,9 @@ dependency changes it, so an upgrade breaks a test rather than production.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import urllib3
@@ -40,7 +41,19 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from sentry_sdk._types import SENSITIVE_DATA_SUBSTITUTE, AnnotatedValue
+from sentry_sdk.envelope import Envelope, Item
 from sentry_sdk.transport import HttpTransport
+
+from litestar_omnii_obs.health import (
+    OUTAGE_OVERFLOW,
+    QUEUE_FULL,
+    RATE_LIMITED,
+    STILL_QUEUED,
+    PeerHealth,
+    describe_failure,
+    parse_retry_after,
+    sentry_rate_limit,
+)
 
 if TYPE_CHECKING:
     # The return type of ``Tracer.start_as_current_span``, which a delegating tracer must match.
@@ -49,7 +62,6 @@ if TYPE_CHECKING:
     from opentelemetry.util._decorator import _AgnosticContextManager as AgnosticContextManager
 
 __all__ = [
-    "DROPPED_SPANS_MESSAGE",
     "AgnosticContextManager",
     "SENSITIVE_DATA_SUBSTITUTE",
     "AnnotatedValue",
@@ -73,27 +85,14 @@ SDK_EXPORT_LOGGERS = (
     "opentelemetry.sdk._shared_internal",
     "opentelemetry.sdk.trace.export",
 )
-#: How the SDK's batch processor starts the message it logs for each dropped span.
-DROPPED_SPANS_MESSAGE = "Queue full"
 _EXPORT_FAILURE_MESSAGES = ("Transient error", "Failed to export")
 
 
 class ExportLogFilter(logging.Filter):
-    """Swallows the SDK's per-batch export and queue-full messages; counts dropped spans."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dropped = 0
-        self.drop_reported = False
+    """Swallows the SDK's per-batch export failure messages (our health logs one line per outage)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if message.startswith(DROPPED_SPANS_MESSAGE):
-            self.dropped += 1
-            if not self.drop_reported:
-                self.drop_reported = True
-                _logger.warning("span queue full: spans are being dropped (counted; reported again at shutdown)")
-            return False
         return not ("export" in message and any(text in message for text in _EXPORT_FAILURE_MESSAGES))
 
     def install(self) -> None:
@@ -131,63 +130,140 @@ def exporter_preferences(exporter: MetricExporter) -> dict[str, Any]:
 
 
 class QuietHttpTransport(HttpTransport):
-    """sentry-sdk's HTTP transport, without retry storms or per-envelope error logs.
+    """sentry-sdk's HTTP transport under the package's one outage rule (:class:`~litestar_omnii_obs.health.PeerHealth`).
 
-    urllib3 does not retry (``retries=False``); a failed send is logged once and
-    pauses sending for a growing back-off (1 s up to 60 s), dropping envelopes in the
-    meantime instead of queueing connection attempts; the first success logs recovery.
+    urllib3 does not retry (``retries=False``) and every attempt is bounded (connect 2 s, read
+    10 s). Connection refused, DNS failure and timeouts mean Sentry is down: envelopes are kept
+    (up to :attr:`MAX_KEPT`) and Sentry is probed at most every 2 s, then what was kept is sent.
+    429 and ``X-Sentry-Rate-Limits`` keep sentry-sdk's own per-category windows. Every error
+    event handed to the transport is counted: delivered, or lost by reason
+    (:meth:`finish` counts what is still queued when the client closes).
     """
 
-    _failing = False
-    _backoff = 1.0
+    #: Envelopes kept while Sentry is down (the oldest go first, counted).
+    MAX_KEPT = 100
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        super().__init__(options)
+        dsn = self.parsed_dsn
+        target = f"{dsn.scheme}://{dsn.host}:{dsn.port}" if dsn else "?"
+        self.health = PeerHealth(target, kind="Sentry event sending", unit="event")
+        self._kept: deque[tuple[bytes, dict[str, str], Any, int]] = deque()
+        self._lock = threading.Lock()
+        self._submitted = 0
 
     def _get_pool_options(self) -> dict[str, Any]:
         options: dict[str, Any] = super()._get_pool_options()
         options["retries"] = False
-        options["timeout"] = urllib3.Timeout(connect=2.0, read=self.TIMEOUT)
+        options["timeout"] = urllib3.Timeout(connect=2.0, read=10.0)
         return options
 
+    def start_worker(self) -> None:
+        """Start the sending thread now (the lifespan calls this, so no request ever starts it)."""
+        start = getattr(self._worker, "start", None)
+        if callable(start):
+            start()
+
+    def capture_envelope(self, envelope: Envelope) -> None:
+        with self._lock:
+            self._submitted += _events_in(envelope)
+        super().capture_envelope(envelope)
+
+    def record_lost_event(
+        self,
+        reason: str,
+        data_category: Any = None,
+        item: Item | None = None,
+        *,
+        quantity: int = 1,
+    ) -> None:
+        category = item.data_category if item is not None else data_category
+        if category == "error" and reason in _SENTRY_LOSSES:
+            self.health.lose(1 if item is not None else quantity, _SENTRY_LOSSES[reason])
+        super().record_lost_event(reason, data_category, item, quantity=quantity)
+
     def _send_request(self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Any = None) -> None:
-        try:
-            super()._send_request(body, headers, endpoint_type, envelope)
-        except urllib3.exceptions.TimeoutError as exc:
-            self._fail(f"{type(exc).__name__}: {exc}", back_off=False)  # slow, not down: keep sending
-        except Exception as exc:
-            self._fail(f"{type(exc).__name__}: {exc}")
+        self._deliver(body, headers, endpoint_type, _events_in(envelope))
 
-    def _handle_response(self, response: Any, envelope: Any) -> None:
-        status = int(response.status)
-        if 200 <= status < 300 or status == 429:
-            super()._handle_response(response=response, envelope=envelope)
-            if status == 429:
-                self._fail("HTTP 429 (rate limited)")
+    def _deliver(self, body: bytes, headers: dict[str, str], endpoint_type: Any, events: int) -> None:
+        """Send what was kept, oldest first, then this; keep this if Sentry is down (worker thread only)."""
+        if self.health.begin():
+            while self._kept:  # the first attempt of an outage is the probe
+                if self._attempt(*self._kept[0]) is None:
+                    break
+                self._kept.popleft()
+                if not self.health.begin():
+                    break
             else:
-                self._recover()
-            return
-        self._update_rate_limits(response)
-        self._handle_request_error(envelope=envelope, loss_reason=f"status_{status}")
-        self._fail(f"HTTP {status}")
+                if self._attempt(body, headers, endpoint_type, events) is not None:
+                    return
+        self._keep(body, headers, endpoint_type, events)
 
-    def _fail(self, reason: str, back_off: bool = True) -> None:
-        if not self._failing:
-            self._failing = True
-            dsn = self.parsed_dsn
-            target = f"{dsn.scheme}://{dsn.host}:{dsn.port}" if dsn else "?"
-            _logger.warning(
-                "sending to Sentry at %s failed (%s); events are dropped while it fails (logged once)", target, reason
-            )
-        elif back_off:
-            self._backoff = min(self._backoff * 2, 60.0)
-        if not back_off:
-            return
-        until = datetime.now(UTC).timestamp() + self._backoff
-        self._disabled_until[None] = datetime.fromtimestamp(until, UTC)
+    def _attempt(self, body: bytes, headers: dict[str, str], endpoint_type: Any, events: int) -> bool | None:
+        """One POST: ``True`` delivered, ``False`` lost for good (counted), ``None`` Sentry is down (keep it)."""
+        self._update_headers(headers)
+        try:
+            response = self._request("POST", endpoint_type, body, headers)
+        except Exception as exc:
+            self.health.failed(describe_failure(exc))
+            return None
+        try:
+            self._update_rate_limits(response)  # sentry-sdk's per-category windows for what follows
+            status = int(response.status)
+            if 200 <= status < 300:
+                self.health.succeeded(events)
+                return True
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if status == 429:  # Sentry dropped it (and counted it on its side)
+                self.health.lose(events, RATE_LIMITED)
+                limit = sentry_rate_limit(response.headers.get("X-Sentry-Rate-Limits"), frozenset({"error"}))
+                self.health.failed("HTTP 429", retry_after=limit or retry_after, limited=True)
+                return False
+            if status >= 500 or status == 408:
+                self.health.failed(f"HTTP {status}", retry_after=retry_after, limited=status == 503)
+                return None
+            self.health.refused(events, f"HTTP {status}")
+            return False
+        finally:
+            response.close()
 
-    def _recover(self) -> None:
-        if self._failing:
-            self._failing = False
-            self._backoff = 1.0
-            _logger.warning("sending to Sentry recovered")
+    def _keep(self, body: bytes, headers: dict[str, str], endpoint_type: Any, events: int) -> None:
+        self._kept.append((body, headers, endpoint_type, events))
+        while len(self._kept) > self.MAX_KEPT:
+            self.health.lose(self._kept.popleft()[3], OUTAGE_OVERFLOW)
+
+    def flush(self, timeout: float, callback: Any = None) -> None:
+        if self._kept and timeout > 0:
+            self._worker.submit(self._retry_kept)
+        super().flush(timeout, callback)
+
+    def _retry_kept(self) -> None:
+        if self._kept:
+            self._deliver(*self._kept.pop())
+
+    def finish(self) -> None:
+        """After the client closed: count every event neither delivered nor already counted as lost."""
+        with self._lock:
+            submitted = self._submitted
+        accounted = self.health.delivered_count + self.health.dropped
+        self._kept.clear()
+        self.health.lose(submitted - accounted, STILL_QUEUED)
+
+
+def _events_in(envelope: Any) -> int:
+    """Error events in ``envelope`` (the items counted as delivered or lost)."""
+    if envelope is None:
+        return 0
+    return sum(1 for item in envelope.items if item.data_category == "error")
+
+
+#: sentry-sdk's loss reasons for an event it had accepted, as the shutdown summary words them.
+_SENTRY_LOSSES = {
+    "queue_overflow": QUEUE_FULL,
+    "ratelimit_backoff": RATE_LIMITED,
+    "network_error": "network error",
+    "send_error": "send error",
+}
 
 
 def set_span_end(span: ReadableSpan, end_time: int) -> None:

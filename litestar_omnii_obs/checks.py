@@ -291,10 +291,6 @@ class ObservabilityTestError(RuntimeError):
     """Raised (and reported) by ``litestar obs test-error``."""
 
 
-#: How :class:`~litestar_omnii_obs.sentry.QuietHttpTransport` logs a failed send; group 1 is the reason.
-_SEND_FAILED = re.compile(r"^sending to Sentry at \S+ failed \((.*)\); ")
-
-
 class _Warnings(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -335,9 +331,8 @@ def send_test_error(config: ObservabilityConfig, message: str, timeout: float) -
         reporter.close()
     if event_id is None:
         return None, "the event was dropped before sending (an ignored error type or a before_send hook)"
-    if isinstance(transport, QuietHttpTransport) and transport._failing:  # pyright: ignore[reportPrivateUsage]
-        reasons = [m.group(1) for m in map(_SEND_FAILED.search, warnings.messages) if m]
-        return event_id, f"Sentry did not accept it: {reasons[-1] if reasons else 'the send failed'}"
+    if isinstance(transport, QuietHttpTransport) and transport.health.failing:
+        return event_id, f"Sentry did not accept it: {transport.health.last_reason or 'the send failed'}"
     if not drained:
         return event_id, f"Sentry did not answer within {timeout:g}s"
     return event_id, None

@@ -33,6 +33,7 @@ from opentelemetry.sdk.metrics.export import Histogram as SdkHistogram
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from litestar_omnii_obs._compat import exporter_preferences
+from litestar_omnii_obs.health import PeerHealth
 
 __all__ = ["HTTP_DURATION_BUCKETS", "DurationsExporter", "RequestDurations"]
 
@@ -100,6 +101,10 @@ class RequestDurations:
     def close(self) -> None:
         """Stop the folding thread (what is pending is folded by the next snapshot)."""
         self._stop.set()
+
+    def start_folding(self) -> None:
+        """Start the folding thread (the lifespan calls this, so no request starts it)."""
+        self._start_folder()
 
     def _start_folder(self) -> None:
         with self._lock:
@@ -196,15 +201,26 @@ def _with_extra(data: MetricsData, extra: Metric) -> MetricsData:
 
 
 class DurationsExporter(MetricExporter):
-    """Wraps the OTLP metric exporter: adds the request durations to each export, reports outages once."""
+    """Wraps the OTLP metric exporter: adds the request durations to each export; one outage rule.
 
-    def __init__(self, inner: MetricExporter, durations: RequestDurations, observe: Any) -> None:
+    While the collector is down an export is attempted at most every probe interval
+    (:class:`~litestar_omnii_obs.health.PeerHealth`); points are cumulative, so an export
+    skipped or failed loses nothing as long as a later one is accepted. Only a final export
+    at shutdown that fails loses data, and is counted.
+    """
+
+    def __init__(self, inner: MetricExporter, durations: RequestDurations, health: PeerHealth) -> None:
         super().__init__(**exporter_preferences(inner))
         self.inner = inner
         self.durations = durations
-        self.observe = observe
+        self.health = health
+        #: Set by the app's shutdown: the next export is the last one, attempted whatever the outage state.
+        self.final = False
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        final = self.final
+        if not final and not self.health.begin():
+            return MetricExportResult.FAILURE  # down: cumulative points wait for the next probe
         extra = self.durations.metric()
         if extra is not None:
             metrics_data = _with_extra(metrics_data, extra)
@@ -212,7 +228,12 @@ class DurationsExporter(MetricExporter):
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception:
             result = MetricExportResult.FAILURE
-        self.observe(result is MetricExportResult.SUCCESS)
+        if result is MetricExportResult.SUCCESS:
+            self.health.succeeded(1)
+        else:
+            self.health.failed("export failed")
+            if final:
+                self.health.lose(1, "final export failed (points since the last accepted export)")
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:

@@ -257,7 +257,11 @@ class _SharedClient:
         client = sentry_sdk.get_client()
         if last:
             remove_external_propagation_context()
+            transport = client.transport
             client.close(timeout=timeout)
+            if isinstance(transport, QuietHttpTransport):
+                transport.finish()
+                transport.health.report()
         else:
             client.flush(timeout=timeout)
 
@@ -287,6 +291,9 @@ def _init_client(config: ObservabilityConfig, transport: Transport | None) -> Se
         transport_queue_size=1000,
         **extra,
     )
+    transport_in_use = sentry_sdk.get_client().transport
+    if isinstance(transport_in_use, QuietHttpTransport):
+        transport_in_use.start_worker()  # here, not on the first error's response
     if not sdk_traces:
         register_external_propagation_context(_otel_propagation_context)
     # Litestar logs every unhandled exception, and we log server errors once; both are reported here.

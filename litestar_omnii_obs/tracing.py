@@ -9,10 +9,11 @@ and the operation histograms.
 The process-wide pieces (OpenTelemetry's global provider, log correlation) live in
 :mod:`litestar_omnii_obs.shared`.
 
-A dead collector must never become the outage: exports run in the SDK's worker
-threads, the span queue is bounded, the SDK's per-batch warnings are replaced by one
-warning per outage and one note on recovery, dropped spans are counted and reported
-once, and shutdown gives up after ``shutdown_timeout`` seconds.
+A dead collector must never become the outage: exports run in worker threads, the span
+queue is bounded (:class:`~litestar_omnii_obs.otlp.batcher.SpanBatcher`), each destination
+follows the one outage rule of :mod:`litestar_omnii_obs.health` (logged once per outage and
+once on recovery, probed every 2 s), shutdown gives up after ``shutdown_timeout`` seconds,
+and then reports, per destination, what was delivered and what was lost and why.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from litestar_omnii_obs._bounded import run_bounded
 from litestar_omnii_obs._compat import ExportLogFilter, follow_config_not_environ
 from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_url
 from litestar_omnii_obs.durations import SCOPE, DurationsExporter, RequestDurations
+from litestar_omnii_obs.health import PeerHealth
 from litestar_omnii_obs.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, Target, build_metric_exporter
+from litestar_omnii_obs.otlp.batcher import SpanBatcher
 from litestar_omnii_obs.records import GraphQueryMetric, Metric, SyncMetric
 from litestar_omnii_obs.sampling import PresetTraceIds, ServerSampling, new_span_id
 from litestar_omnii_obs.server_span import ServerSpans
@@ -75,30 +78,6 @@ def build_resource(config: ObservabilityConfig) -> Resource:
             "deployment.environment.name": config.environment,
         }
     )
-
-
-# --------------------------------------------------------------------------- outage reporting
-
-
-class OutageLog:
-    """One warning when exports start failing, one note when they recover."""
-
-    def __init__(self, kind: str, target: str) -> None:
-        self.kind = kind
-        self.target = target
-        self.failing = False
-
-    def observe(self, ok: bool) -> None:
-        if not ok and not self.failing:
-            self.failing = True
-            _logger.warning(
-                "OTLP %s export to %s is failing; data is dropped until it recovers (logged once)",
-                self.kind,
-                self.target,
-            )
-        elif ok and self.failing:
-            self.failing = False
-            _logger.warning("OTLP %s export to %s recovered", self.kind, self.target)
 
 
 # --------------------------------------------------------------------------- the app's telemetry
@@ -142,6 +121,8 @@ class Telemetry:
             )
         self.pending_lines: Callable[[], int] = lambda: 0
         self.span_exporter: FanOutSpanExporter | None = None
+        self.batcher: SpanBatcher | None = None
+        self.metric_exporter: DurationsExporter | None = None
         self.sampling: ServerSampling | None = None  # None: the provider is not ours, ask it for every span
         self.ids: PresetTraceIds | None = None
         #: Sampled server spans without the SDK's per-span work, while the processors are all ours.
@@ -209,6 +190,8 @@ class Telemetry:
 
                 def work() -> None:
                     self.tracer_provider.shutdown()
+                    if self.metric_exporter is not None:
+                        self.metric_exporter.final = True
                     if self.meter_provider is not None:
                         self.meter_provider.shutdown(timeout_millis=timeout * 1000)
 
@@ -216,12 +199,12 @@ class Telemetry:
                     _logger.warning(
                         "OpenTelemetry shutdown did not finish within %.1fs; unsent spans are dropped", timeout
                     )
-            if self._log_filter.dropped:
-                _logger.warning("%d span(s) were dropped because the export queue was full", self._log_filter.dropped)
+                    if self.batcher is not None:
+                        self.batcher.abandon()  # what is still queued or on the wire is counted as lost
             if self.span_exporter is not None:
-                for target, count in self.span_exporter.dropped().items():
-                    if count:
-                        _logger.warning("%d span(s) were not delivered to %s", count, target)
+                self.span_exporter.report()
+            if self.metric_exporter is not None:
+                self.metric_exporter.health.report()
         finally:
             self._log_filter.remove()
 
@@ -340,26 +323,27 @@ def _build_telemetry(
     follow_config_not_environ(tracer_provider, False)
     meter_provider: MeterProvider | None = None
     durations: RequestDurations | None = None
+    metric_exporter: DurationsExporter | None = None
     processors: list[SpanProcessor] = []  # every processor the provider has, when none came from outside
     if capture_exporter is not None:
         processors.append(SimpleSpanProcessor(capture_exporter))
+    batcher: SpanBatcher | None = None
     if exporter is not None:
-        processors.append(
-            BatchSpanProcessor(
-                exporter,
-                max_queue_size=tracing.bsp_max_queue_size,
-                schedule_delay_millis=tracing.bsp_schedule_delay,
-                max_export_batch_size=tracing.bsp_max_export_batch_size,
-                export_timeout_millis=tracing.bsp_export_timeout,
-            )
+        batcher = SpanBatcher(
+            exporter,
+            max_queue=tracing.bsp_max_queue_size,
+            schedule_delay=tracing.bsp_schedule_delay / 1000,
+            max_batch=tracing.bsp_max_export_batch_size,
         )
+        processors.append(batcher)
     metrics_endpoint = tracing.metrics_endpoint
     if metrics_endpoint:
         durations = RequestDurations()
+        durations.start_folding()
         metric_exporter = DurationsExporter(
             build_metric_exporter_for(config),
             durations,
-            OutageLog("metric", redact_url(metrics_endpoint) or metrics_endpoint).observe,
+            PeerHealth(redact_url(metrics_endpoint) or metrics_endpoint, kind="OTLP metric export", unit="export"),
         )
         meter_provider = MeterProvider(
             resource=resource,
@@ -380,6 +364,8 @@ def _build_telemetry(
         config, tracer_provider, meter_provider, owned=True, log_filter=log_filter, durations=durations
     )
     telemetry.span_exporter = exporter
+    telemetry.batcher = batcher
+    telemetry.metric_exporter = metric_exporter
     telemetry.sampling = sampling
     telemetry.ids = ids
     if not extra_processors:  # sentry-sdk's span processor needs the SDK's own spans (on_start)

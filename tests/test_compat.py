@@ -18,7 +18,7 @@ from opentelemetry.exporter.otlp.proto.grpc import exporter as grpc_exporter_mod
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 from sentry_sdk.transport import HttpTransport
 
@@ -29,9 +29,12 @@ def test_sentry_transport_hooks_keep_their_names_and_parameters() -> None:
     expected = {
         "_get_pool_options": [],
         "_send_request": ["body", "headers", "endpoint_type", "envelope"],
-        "_handle_response": ["response", "envelope"],
         "_update_rate_limits": ["response"],
-        "_handle_request_error": ["envelope", "loss_reason"],
+        "_update_headers": ["headers"],
+        "_request": ["method", "endpoint_type", "body", "headers"],
+        "record_lost_event": ["reason", "data_category", "item"],
+        "capture_envelope": ["envelope"],
+        "flush": ["timeout", "callback"],
     }
     for name, params in expected.items():
         method = getattr(HttpTransport, name, None)
@@ -43,6 +46,8 @@ def test_sentry_transport_hooks_keep_their_names_and_parameters() -> None:
         transport = client.transport
         assert isinstance(transport, _compat.QuietHttpTransport)
         assert isinstance(transport._disabled_until, dict), "HttpTransport._disabled_until is no longer a dict"
+        assert callable(getattr(transport._worker, "start", None)), "sentry-sdk's worker has no start()"
+        assert callable(getattr(transport._worker, "submit", None)), "sentry-sdk's worker has no submit()"
     finally:
         client.close(timeout=0)
 
@@ -62,44 +67,12 @@ class _Stuck(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def test_the_sdk_still_reports_dropped_spans_with_the_text_we_match() -> None:
-    messages: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    handler = Keep()
-    loggers = [logging.getLogger(name) for name in _compat.SDK_EXPORT_LOGGERS]
-    # What the SDK logs, whatever earlier tests or apps did to these loggers (levels, filters, disabling).
-    saved = [(logger.level, logger.filters[:], logger.disabled) for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-        logger.filters.clear()
-        logger.disabled = False
-        logger.addHandler(handler)
-    exporter = _Stuck()
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1, max_export_batch_size=1))
-    try:
-        for _ in range(20):
-            provider.get_tracer("t").start_span("s").end()
-    finally:
-        exporter.release.set()
-        provider.shutdown()
-        for logger, (level, filters, disabled) in zip(loggers, saved, strict=True):
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-            logger.filters[:] = filters
-            logger.disabled = disabled
-    assert any(m.startswith(_compat.DROPPED_SPANS_MESSAGE) for m in messages), messages
-
-
-def test_the_filter_swallows_what_it_counts() -> None:
+def test_the_filter_swallows_only_export_failures() -> None:
     log_filter = _compat.ExportLogFilter()
-    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "Queue full, dropping span.", None, None)
-    assert log_filter.filter(record) is False
-    assert log_filter.dropped == 1
+    failed = logging.LogRecord("x", logging.WARNING, __file__, 1, "Failed to export metrics batch", None, None)
+    other = logging.LogRecord("x", logging.WARNING, __file__, 1, "Queue full, dropping span.", None, None)
+    assert log_filter.filter(failed) is False
+    assert log_filter.filter(other) is True
 
 
 def test_grpc_metric_exporter_still_logs_failures_with_the_text_we_match() -> None:

@@ -36,6 +36,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, TracingConfig
 from litestar_omnii_obs.durations import HTTP_DURATION_BUCKETS, DurationsExporter, RequestDurations
+from litestar_omnii_obs.health import PeerHealth
 from tests.peers.otlp_receiver import OtlpReceiver
 
 OVERFLOW = {"otel.metric.overflow": True}
@@ -204,11 +205,11 @@ def test_the_overflow_series_reaches_the_collector_with_a_boolean_attribute() ->
     for i in range(10):
         durations.record(0.01, "GET", f"/r/{i}", 200, "http", None)
     inner = _Keep()
-    outcomes: list[bool] = []
-    exporter = DurationsExporter(inner, durations, outcomes.append)
+    health = PeerHealth("memory", kind="OTLP metric export", unit="export")
+    exporter = DurationsExporter(inner, durations, health)
     resource = Resource.create({"service.name": "svc"})
     assert exporter.export(_sdk_data(resource)) is MetricExportResult.SUCCESS
-    assert outcomes == [True]
+    assert (health.delivered_count, health.dropped) == (1, 0)
 
     [sent] = inner.exported
     request = encode_metrics(sent)  # the protobuf the OTLP exporters put on the wire

@@ -28,6 +28,7 @@ from sentry_sdk.consts import VERSION as SENTRY_SDK_VERSION
 from sentry_sdk.consts import EndpointType
 from sentry_sdk.utils import Dsn
 
+from litestar_omnii_obs.health import parse_retry_after, sentry_rate_limit
 from litestar_omnii_obs.otlp import (
     HTTP_EXTRA_HINT,
     CollectorTarget,
@@ -36,14 +37,13 @@ from litestar_omnii_obs.otlp import (
     build_metric_exporter,
     signal_url,
 )
-from litestar_omnii_obs.otlp.health import parse_retry_after, sentry_rate_limit
 from tests.conftest import free_port, wait_until
 from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
-FAST = {"initial_backoff": 0.05, "max_backoff": 0.2}  # quick recovery in tests
-SLOW = {"initial_backoff": 30.0, "max_backoff": 60.0}  # a back-off that outlasts the test
+FAST = {"probe_interval": 0.05, "max_backoff": 0.2}  # quick recovery in tests
+SLOW = {"probe_interval": 30.0, "max_backoff": 60.0}  # a probe interval that outlasts the test
 
 
 # --------------------------------------------------------------------------- helpers
@@ -236,11 +236,14 @@ def test_a_failing_sentry_does_not_make_the_collector_look_failed(
     for _ in range(3):
         assert exporter.export(make_spans()) is SpanExportResult.SUCCESS
     assert len(grpc_collector.wait_for_spans(6)) == 6
-    assert ingest.requests_received == 1  # then backing off: nothing sent
+    assert ingest.requests_received == 1  # then down: kept, not sent, until the next probe
     failing, _ = outage_records(obs_log)
     assert len(failing) == 1
     assert "HTTP 500" in failing[0]
-    assert exporter.dropped() == {grpc_collector.endpoint: 0, sentry.name: 6}
+    assert exporter.dropped() == {grpc_collector.endpoint: 0, sentry.name: 0}
+    assert sentry.transport.kept == 6
+    exporter.shutdown()  # what Sentry never got is counted, by reason
+    assert sentry.health.lost() == {"still queued at shutdown": 6}
 
 
 # --------------------------------------------------------------------------- outages
@@ -250,18 +253,26 @@ def test_dead_grpc_collector_warns_once_then_recovers_once(obs_log: list[logging
     port = free_port()
     target = CollectorTarget(f"http://127.0.0.1:{port}", protocol="grpc", timeout=2.0, **FAST)
     exporter = FanOutSpanExporter([target])
+    made = 0
     for _ in range(5):
         assert exporter.export(make_spans()) is SpanExportResult.FAILURE  # returns: no wait on the dead peer
-    assert target.health.dropped == 10
+        made += 2
+    assert (target.health.dropped, target.transport.kept) == (0, 10)  # kept for the collector's return
     failing, recovered = outage_records(obs_log)
     assert len(failing) == 1
     assert recovered == []
 
+    def export_counted() -> bool:
+        nonlocal made
+        made += 2
+        return exporter.export(make_spans()) is SpanExportResult.SUCCESS
+
     with OtlpReceiver(port=port) as collector:
-        assert wait_until(lambda: exporter.export(make_spans()) is SpanExportResult.SUCCESS)
-        collector.wait_for_spans(2)
+        assert wait_until(export_counted)
         for _ in range(3):
-            assert exporter.export(make_spans()) is SpanExportResult.SUCCESS
+            assert export_counted()
+        assert len(collector.wait_for_spans(made)) == made  # nothing made during the outage was lost
+    assert target.health.dropped == 0
     failing, recovered = outage_records(obs_log)
     assert len(failing) == 1
     assert len(recovered) == 1
@@ -349,8 +360,18 @@ def test_http_5xx_backs_off_and_recovers(http_collector: OtlpHttpReceiver, statu
     http_collector.fail_with(status, times=1)
     assert exporter.export(make_spans()) is SpanExportResult.FAILURE
     assert not target.health.ready()
-    assert wait_until(lambda: exporter.export(make_spans()) is SpanExportResult.SUCCESS)
-    assert [r.status for r in http_collector.requests()] == [status, 200]
+    made = 2
+
+    def export_counted() -> bool:
+        nonlocal made
+        made += 2
+        return exporter.export(make_spans()) is SpanExportResult.SUCCESS
+
+    assert wait_until(export_counted)
+    statuses = [r.status for r in http_collector.requests()]
+    assert statuses[0] == status
+    assert set(statuses[1:]) == {200}
+    assert len(http_collector.spans()) == made  # the failed request's spans were kept and sent
 
 
 @pytest.mark.parametrize("retry_after", ["2", "http-date"])
@@ -373,7 +394,8 @@ def test_http_429_retry_after_stops_sending_for_the_window(
     assert "HTTP 429" in failing[0]
     assert "retry after" in failing[0]
     assert len(recovered) == 1
-    assert "12 span(s) dropped" in recovered[0]
+    assert "0 span(s) lost" in recovered[0]  # OTLP says 429 is retryable: the 12 spans were kept
+    assert len(http_collector.spans()) == 14
 
 
 def test_grpc_resource_exhausted_retry_info_is_honoured(grpc_collector: OtlpReceiver) -> None:

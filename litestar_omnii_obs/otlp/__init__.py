@@ -9,24 +9,21 @@ Typical wiring (in the lifespan)::
     tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
     metric_exporter = build_metric_exporter(endpoint, protocol, headers, timeout)
 
-Each batch is encoded once; every endpoint's outage is logged once, backed off and counted
-(``exporter.dropped()``).
+Each batch is encoded once; every endpoint's outage is logged once and probed every 2 s, and
+what it loses is counted (``exporter.dropped()``, ``exporter.report()``).
 """
 
 from litestar_omnii_obs.otlp.encoding import EncodedBatch, encode_spans
 from litestar_omnii_obs.otlp.exporter import FanOutSpanExporter
-from litestar_omnii_obs.otlp.health import SENTRY_SPAN_CATEGORIES, EndpointHealth
 from litestar_omnii_obs.otlp.metrics import HTTP_EXTRA_HINT, build_metric_exporter
 from litestar_omnii_obs.otlp.targets import CollectorTarget, OtlpProtocol, SentryTarget, Target, signal_url
 from litestar_omnii_obs.otlp.transports import Compression, GrpcTransport, HttpTransport, Transport
 
 __all__ = [
     "HTTP_EXTRA_HINT",
-    "SENTRY_SPAN_CATEGORIES",
     "CollectorTarget",
     "Compression",
     "EncodedBatch",
-    "EndpointHealth",
     "FanOutSpanExporter",
     "GrpcTransport",
     "HttpTransport",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from litestar_omnii_obs.health import ENCODING, STILL_QUEUED
 from litestar_omnii_obs.otlp.encoding import EncodedBatch
 
 if TYPE_CHECKING:
@@ -21,51 +22,102 @@ __all__ = ["FanOutSpanExporter"]
 class FanOutSpanExporter(SpanExporter):
     """Sends each batch to every target (a collector, Sentry), encoding each span once.
 
-    Why one exporter rather than one per target: a second ``BatchSpanProcessor`` would queue,
+    Why one exporter rather than one per target: a second span processor would queue,
     wake and encode every span again. Here a batch is encoded once (:class:`EncodedBatch`);
     a target taking every span gets the whole request's bytes, Sentry the same span bytes
-    under its rate; a target backing off is skipped without building its request.
+    under its rate. A target that is down keeps its requests and is probed (see
+    :class:`~litestar_omnii_obs.health.PeerHealth`) without holding up the others.
 
     The export result is the first target's (the collector's): a failing Sentry must not make
     the collector look failed. Runs in the span processor's worker thread; never raises;
-    each send is bounded by its target's timeout.
+    each attempt is bounded by its target's timeout. Every span a target does not get is
+    counted by that target's health, by reason.
     """
 
     def __init__(self, targets: Sequence[Target]) -> None:
         self.targets = tuple(targets)
         self._shutdown = threading.Event()
+        #: Held while spans change hands (the batcher's queue -> a claimed batch -> a transport).
+        self.lock = threading.Lock()
+        #: The batch being exported: spans each target has not been handed yet (for :meth:`abandon`).
+        self._unsent: dict[int, int] = {}
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self.lock:
+            claim = self.claim(spans)
+        return self.send_claimed(spans, claim)
+
+    def claim(self, spans: Sequence[ReadableSpan]) -> list[list[bool] | None]:
+        """Note which spans of ``spans`` each target is owed, so :meth:`abandon` can count them.
+
+        The caller holds :attr:`lock` (the batcher takes spans off its queue and claims them in one step).
+        """
+        trace_ids = [span.context.trace_id if span.context is not None else 0 for span in spans]
+        choices = [target.choose(trace_ids) for target in self.targets]
+        self._unsent = {
+            index: count
+            for index, keep in enumerate(choices)
+            if (count := len(trace_ids) if keep is None else sum(keep))
+        }
+        return choices
+
+    def send_claimed(self, spans: Sequence[ReadableSpan], choices: list[list[bool] | None]) -> SpanExportResult:
+        """Encode ``spans`` once and send each target its share (claimed by :meth:`claim`)."""
         if self._shutdown.is_set():
+            self._lose_unsent(STILL_QUEUED)
             return SpanExportResult.FAILURE
         if not spans or not self.targets:
             return SpanExportResult.SUCCESS
         try:
             batch = EncodedBatch(spans)
         except Exception:  # a span the encoder cannot write: lose the batch, not the worker
-            for target in self.targets:
-                target.health.drop(len(spans))
+            self._lose_unsent(ENCODING)
             return SpanExportResult.FAILURE
-        results = [self._send(target, batch) for target in self.targets]
+        results = []
+        for index, target in enumerate(self.targets):
+            with self.lock:
+                count = self._unsent.pop(index, None)
+            if count is None:  # nothing of this batch is for this target (or abandoned meanwhile)
+                results.append(True)
+                continue
+            results.append(target.transport.send(batch.request(choices[index]), count))
         return SpanExportResult.SUCCESS if results[0] else SpanExportResult.FAILURE
 
-    @staticmethod
-    def _send(target: Target, batch: EncodedBatch) -> bool:
-        keep = target.choose(batch.trace_ids)
-        count = len(batch) if keep is None else sum(keep)
-        if count == 0:
-            return True  # nothing of this batch is for this target
-        if not target.health.ready():
-            target.health.drop(count)
-            return False
-        return target.transport.send(batch.request(keep), count)
+    def _lose_unsent(self, reason: str) -> None:
+        with self.lock:
+            unsent, self._unsent = self._unsent, {}
+        for index, count in unsent.items():
+            self.targets[index].health.lose(count, reason)
+
+    def lose(self, spans: Sequence[ReadableSpan], reason: str) -> None:
+        """Count ``spans`` as lost for ``reason`` by each target that would have taken them."""
+        trace_ids = [span.context.trace_id for span in spans if span.context is not None]
+        for target in self.targets:
+            keep = target.choose(trace_ids)
+            target.health.lose(len(trace_ids) if keep is None else sum(keep), reason)
+
+    def retry_kept(self) -> None:
+        """Send what targets kept during an outage if they may be tried now (before shutdown gives up)."""
+        for target in self.targets:
+            target.transport.retry_kept()
+
+    def abandon(self) -> None:
+        """Shutdown's bound is reached: what is kept, on the wire or not yet handed over counts as lost."""
+        self._lose_unsent(STILL_QUEUED)
+        for target in self.targets:
+            target.transport.abandon()
 
     def dropped(self) -> dict[str, int]:
-        """Spans each target did not get (by target, credentials redacted), for the shutdown report."""
+        """Spans each target did not get (by target, credentials redacted)."""
         counts: dict[str, int] = {}
         for target in self.targets:
             counts[target.name] = counts.get(target.name, 0) + target.health.dropped
         return counts
+
+    def report(self) -> None:
+        """Log one line per target: spans delivered and lost, by reason (the shutdown report)."""
+        for target in self.targets:
+            target.health.report()
 
     def shutdown(self) -> None:
         """Stop exporting and close every connection (does not wait on any endpoint)."""
@@ -74,5 +126,6 @@ class FanOutSpanExporter(SpanExporter):
             target.close()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Nothing is buffered here: every export is sent (or dropped) before it returns."""
+        """Nothing is buffered here beyond what targets keep for a peer that is down."""
+        self.retry_kept()
         return True

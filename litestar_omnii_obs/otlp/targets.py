@@ -17,8 +17,8 @@ from sentry_sdk.consts import VERSION as SENTRY_SDK_VERSION
 from sentry_sdk.consts import EndpointType
 from sentry_sdk.utils import Dsn
 
-from litestar_omnii_obs.otlp.health import EndpointHealth
-from litestar_omnii_obs.otlp.transports import Compression, GrpcTransport, HttpTransport, Transport
+from litestar_omnii_obs.health import PROBE_INTERVAL, PeerHealth
+from litestar_omnii_obs.otlp.transports import MAX_KEPT, Compression, GrpcTransport, HttpTransport, Transport
 
 __all__ = ["CollectorTarget", "OtlpProtocol", "SentryTarget", "Target", "signal_url"]
 
@@ -61,7 +61,7 @@ class Target:
         return self.transport.target
 
     @property
-    def health(self) -> EndpointHealth:
+    def health(self) -> PeerHealth:
         return self.transport.health
 
     @property
@@ -103,7 +103,8 @@ class CollectorTarget(Target):
         compression: Compression | None = None,
         insecure: bool | None = None,
         credentials: Any = None,
-        initial_backoff: float = 1.0,
+        probe_interval: float = PROBE_INTERVAL,
+        max_kept: int = MAX_KEPT,
         max_backoff: float = 60.0,
     ) -> None:
         transport: Transport
@@ -118,7 +119,8 @@ class CollectorTarget(Target):
                 compression=compression or "none",
                 insecure=insecure,
                 credentials=credentials,
-                initial_backoff=initial_backoff,
+                probe_interval=probe_interval,
+                max_kept=max_kept,
                 max_backoff=max_backoff,
             )
         elif protocol == "http/protobuf":
@@ -128,7 +130,8 @@ class CollectorTarget(Target):
                 headers=headers,
                 timeout=timeout,
                 compression=compression or "gzip",
-                initial_backoff=initial_backoff,
+                probe_interval=probe_interval,
+                max_kept=max_kept,
                 max_backoff=max_backoff,
             )
         else:
@@ -142,7 +145,7 @@ class SentryTarget(Target):
 
     Use :meth:`from_dsn`: it derives the URL and ``X-Sentry-Auth`` exactly as sentry-sdk's
     ``OTLPIntegration`` does. Requests go over HTTP, gzip-compressed; Sentry's
-    ``X-Sentry-Rate-Limits`` is honoured (see :data:`~.health.SENTRY_SPAN_CATEGORIES`).
+    ``X-Sentry-Rate-Limits`` is honoured (see :data:`~litestar_omnii_obs.health.SENTRY_SPAN_CATEGORIES`).
     """
 
     def __init__(
@@ -152,7 +155,8 @@ class SentryTarget(Target):
         *,
         rate: float = 1.0,
         timeout: float = 10.0,
-        initial_backoff: float = 1.0,
+        probe_interval: float = PROBE_INTERVAL,
+        max_kept: int = MAX_KEPT,
         max_backoff: float = 60.0,
     ) -> None:
         transport = HttpTransport(
@@ -160,9 +164,11 @@ class SentryTarget(Target):
             headers={"X-Sentry-Auth": auth_header},
             timeout=timeout,
             compression="gzip",
-            initial_backoff=initial_backoff,
+            probe_interval=probe_interval,
+            max_kept=max_kept,
             max_backoff=max_backoff,
         )
+        transport.health.kind = "Sentry OTLP trace export"
         super().__init__(transport, rate)
 
     @classmethod
@@ -172,7 +178,8 @@ class SentryTarget(Target):
         *,
         rate: float = 1.0,
         timeout: float = 10.0,
-        initial_backoff: float = 1.0,
+        probe_interval: float = PROBE_INTERVAL,
+        max_kept: int = MAX_KEPT,
         max_backoff: float = 60.0,
     ) -> SentryTarget:
         """The target for ``dsn`` (raises ``sentry_sdk.utils.BadDsn`` for a malformed one)."""
@@ -182,6 +189,7 @@ class SentryTarget(Target):
             auth.to_header(),
             rate=rate,
             timeout=timeout,
-            initial_backoff=initial_backoff,
+            probe_interval=probe_interval,
+            max_kept=max_kept,
             max_backoff=max_backoff,
         )

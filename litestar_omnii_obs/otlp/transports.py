@@ -2,11 +2,11 @@
 
 Both send the bytes :mod:`.encoding` produced as they are (no protobuf objects, no SDK
 private hooks) and share one interface, ``send(body, spans) -> bool``: it never raises,
-takes at most about ``timeout`` seconds, and leaves outage handling (log once, back off,
-drop and count, honour the server's ``Retry-After``, count the spans a server refuses in an
-accepted request) to the transport's
-:class:`~.health.EndpointHealth`. Credentials in an endpoint URL (``user:password@``) are
-sent as HTTP Basic authorization, never kept in the URL, and never logged.
+each attempt takes at most about ``timeout`` seconds, and a peer that is down gets its
+requests kept (bounded) and sent when a probe finds it back. When to try, what to log and
+what was lost is the transport's :class:`~litestar_omnii_obs.health.PeerHealth`'s job.
+Credentials in an endpoint URL (``user:password@``) are sent as HTTP Basic authorization,
+never kept in the URL, and never logged.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import base64
 import gzip
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -29,7 +30,16 @@ from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untype
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from litestar_omnii_obs.config import redact_url
-from litestar_omnii_obs.otlp.health import EndpointHealth, parse_retry_after, sentry_rate_limit
+from litestar_omnii_obs.health import (
+    OUTAGE_OVERFLOW,
+    PROBE_INTERVAL,
+    REFUSED,
+    STILL_QUEUED,
+    PeerHealth,
+    describe_failure,
+    parse_retry_after,
+    sentry_rate_limit,
+)
 
 __all__ = ["Compression", "GrpcTransport", "HttpTransport", "Transport", "split_credentials"]
 
@@ -37,6 +47,10 @@ __all__ = ["Compression", "GrpcTransport", "HttpTransport", "Transport", "split_
 Compression = Literal["gzip", "none"]
 TRACE_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 _RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
+#: gRPC codes for a request the server will never take (the others mean "down", "limited" or "try again").
+_REJECTING_CODES = frozenset({"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED", "NOT_FOUND"})
+#: Spans a transport keeps for a peer that is down (the SDK's default span queue size).
+MAX_KEPT = 2048
 _GZIP_LEVEL = 1  # protobuf spans compress about 9x at level 1 too; level 6 costs 3x the CPU for 2% smaller bodies
 
 
@@ -66,6 +80,8 @@ class _Outcome:
     ok: bool
     reason: str = ""
     retry_after: float | None = None  # failed: how long the server asked us to wait
+    limited: bool = False  # failed: the server is up but limits us (429, 503, RESOURCE_EXHAUSTED)
+    rejected: bool = False  # failed: the server is up and refuses this request for good (other 4xx)
     pause: float | None = None  # ok: the server accepted this one but limits what follows
     refused: int = 0  # ok: spans the server refused all the same (OTLP partial success)
     message: str = ""  # ok: the server's reason for refusing them, or a warning
@@ -82,67 +98,127 @@ def _partial_success(response: bytes) -> tuple[int, str]:
     return partial.rejected_spans, partial.error_message
 
 
-def _describe(exc: BaseException) -> str:
-    """A short reason for a failed send, free of URLs (the innermost OS error, else the type)."""
-    seen: set[int] = set()
-    timed_out = False
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror.lower()  # "connection refused", "name or service not known"
-        # urllib3's NewConnectionError subclasses its ConnectTimeoutError without being a timeout.
-        if isinstance(current, TimeoutError | urllib3.exceptions.TimeoutError) and not isinstance(
-            current, urllib3.exceptions.NewConnectionError
-        ):
-            timed_out = True
-        current = current.__cause__ or current.__context__ or getattr(current, "reason", None)
-    return "timed out" if timed_out else type(exc).__name__
-
-
 class Transport(ABC):
-    """Sends OTLP request bytes to one endpoint; never raises, bounded by ``timeout``.
+    """Sends OTLP request bytes to one endpoint; never raises, each attempt bounded by ``timeout``.
 
     Why one interface: the fan-out exporter treats a collector over gRPC, a collector over
     HTTP and Sentry alike, and the outage behaviour lives in one place (:attr:`health`).
+    While the endpoint is down its requests are kept, up to ``max_kept`` spans (the oldest
+    go first, counted), and sent oldest first once a probe succeeds.
+    Only the span processor's worker thread sends; :meth:`abandon` may come from another.
     """
 
-    def __init__(self, target: str, timeout: float, initial_backoff: float, max_backoff: float) -> None:
+    def __init__(self, target: str, timeout: float, probe_interval: float, max_backoff: float, max_kept: int) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         #: The endpoint as logs show it (credentials redacted).
         self.target = target
         self.timeout = timeout
-        #: Outage state: back-off, rate limits, the count of dropped spans.
-        self.health = EndpointHealth(target, initial_backoff=initial_backoff, max_backoff=max_backoff)
+        #: Outage state: when to try, the counts of delivered and lost spans.
+        self.health = PeerHealth(target, probe_interval=probe_interval, max_backoff=max_backoff)
+        self.max_kept = max_kept
+        self._kept: deque[tuple[bytes, int]] = deque()
+        self._kept_spans = 0
+        self._sending = 0  # spans in the request on the wire right now
         self._closed = False
+        self._abandoned = False
+        self._kept_was_rejected = False  # the last attempt's request was refused for good (lost, not kept)
+
+    @property
+    def kept(self) -> int:
+        """Spans kept for a peer that is down, waiting for it to come back."""
+        return self._kept_spans
 
     def send(self, body: bytes, spans: int = 0) -> bool:
-        """Send one request holding ``spans`` spans; ``True`` if the endpoint accepted it.
+        """Send one request holding ``spans`` spans (after any kept ones); ``True`` if it was accepted.
 
-        While the endpoint is backing off or rate-limited nothing is sent and the spans are
-        counted as dropped.
+        While the endpoint is down or rate-limited the request is kept for later, not sent.
         """
-        if self._closed or not self.health.ready():
-            self.health.drop(spans)
+        if self._closed:
+            self.health.lose(spans, STILL_QUEUED)
             return False
+        if not self.health.begin():
+            self._keep(body, spans)
+            return False
+        while self._kept:  # the oldest first; the first attempt of an outage is the probe
+            old_body, old_spans = self._kept[0]
+            outcome = self._attempt(old_body, old_spans, kept=True)
+            if outcome is None:
+                return False  # abandoned meanwhile: counted there
+            if not outcome and not self._kept_was_rejected:
+                self._keep(body, spans)
+                return False
+            if self._kept:  # abandon() may have emptied it meanwhile
+                self._kept.popleft()
+                self._kept_spans -= old_spans
+            if not self.health.begin():  # a rate limit on an accepted request: the rest waits
+                self._keep(body, spans)
+                return False
+        outcome = self._attempt(body, spans)
+        if outcome is False and not self._kept_was_rejected:
+            self._keep(body, spans)
+        return bool(outcome)
+
+    def _attempt(self, body: bytes, spans: int, *, kept: bool = False) -> bool | None:
+        """One send, its outcome recorded; ``None`` if the transport was abandoned while it ran.
+
+        ``kept``: the request is the oldest kept one, still counted in :attr:`kept` while on the wire.
+        """
+        self._sending = 0 if kept else spans
         try:
             outcome = self._post(body)
         except Exception as exc:  # never raise into the span processor's worker
-            outcome = _Outcome(False, _describe(exc))
+            outcome = _Outcome(False, describe_failure(exc))
+        finally:
+            self._sending = 0
+        if self._abandoned:
+            return None
+        self._kept_was_rejected = outcome.rejected
+        health = self.health
         if outcome.ok:
-            self.health.succeeded(outcome.pause)
+            health.succeeded(spans - outcome.refused, outcome.pause)
             if outcome.refused or outcome.message:
-                self.health.refused(outcome.refused, outcome.message)
+                health.refused(outcome.refused, outcome.message)
+        elif outcome.rejected:
+            health.lose(spans, f"{REFUSED} ({outcome.reason})")
+            health.failed(outcome.reason)
         else:
-            self.health.failed(outcome.reason, spans, outcome.retry_after)
+            health.failed(outcome.reason, retry_after=outcome.retry_after, limited=outcome.limited)
         return outcome.ok
+
+    def _keep(self, body: bytes, spans: int) -> None:
+        if self._abandoned or spans <= 0:
+            self.health.lose(spans, STILL_QUEUED)
+            return
+        self._kept.append((body, spans))
+        self._kept_spans += spans
+        while self._kept_spans > self.max_kept and self._kept:
+            _, oldest = self._kept.popleft()
+            self._kept_spans -= oldest
+            self.health.lose(oldest, OUTAGE_OVERFLOW)
 
     @abstractmethod
     def _post(self, body: bytes) -> _Outcome: ...
 
+    def retry_kept(self) -> None:
+        """Send what is kept if the peer may be tried now (shutdown calls this before giving up on it)."""
+        if self._kept and not self._closed:
+            body, spans = self._kept.pop()  # resend the newest through send(), which sends the rest first
+            self._kept_spans -= spans
+            self.send(body, spans)
+
+    def abandon(self) -> None:
+        """Shutdown's bound is reached: count what is kept or on the wire as lost, send nothing more."""
+        self._abandoned = True
+        self.health.lose(self._kept_spans + self._sending, STILL_QUEUED)
+        self._kept.clear()
+        self._kept_spans = 0
+        self._sending = 0
+
     def close(self) -> None:
-        """Release connections; later sends fail (and count) without touching the network."""
+        """Release connections; what is still kept is lost (counted), later sends count without sending."""
+        if not self._abandoned:
+            self.abandon()
         self._closed = True
 
 
@@ -160,13 +236,14 @@ class HttpTransport(Transport):
         headers: Mapping[str, str] | None = None,
         timeout: float = 10.0,
         compression: Compression = "gzip",
-        initial_backoff: float = 1.0,
+        probe_interval: float = PROBE_INTERVAL,
         max_backoff: float = 60.0,
+        max_kept: int = MAX_KEPT,
     ) -> None:
         parts, basic = split_credentials(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {redact_url(url)!r}")
-        super().__init__(redact_url(url) or url, timeout, initial_backoff, max_backoff)
+        super().__init__(redact_url(url) or url, timeout, probe_interval, max_backoff, max_kept)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._gzip = compression == "gzip"
         self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT}
@@ -205,7 +282,9 @@ class HttpTransport(Transport):
             refused, message = _partial_success(response.data) if protobuf else (0, "")
             return _Outcome(True, pause=limited, refused=refused, message=message)
         retry_after = limited if limited is not None else parse_retry_after(headers.get("Retry-After"))
-        return _Outcome(False, f"HTTP {status}", retry_after)
+        rate_limited = status in (429, 503) or retry_after is not None
+        rejected = 400 <= status < 500 and not rate_limited and status not in (408,)
+        return _Outcome(False, f"HTTP {status}", retry_after, limited=rate_limited, rejected=rejected)
 
     def close(self) -> None:
         super().close()
@@ -234,8 +313,9 @@ class GrpcTransport(Transport):
         compression: Compression = "none",
         insecure: bool | None = None,
         credentials: Any = None,
-        initial_backoff: float = 1.0,
+        probe_interval: float = PROBE_INTERVAL,
         max_backoff: float = 60.0,
+        max_kept: int = MAX_KEPT,
     ) -> None:
         # "host:port" has no scheme; parsed as is, "user:pw@host" would read as scheme "user".
         url = endpoint if "://" in endpoint else f"//{endpoint}"
@@ -243,7 +323,7 @@ class GrpcTransport(Transport):
         target = (redact_url(url) or url).removeprefix("//")
         if not parts.hostname:
             raise ValueError(f"no host in gRPC endpoint {target!r}")
-        super().__init__(target, timeout, initial_backoff, max_backoff)
+        super().__init__(target, timeout, probe_interval, max_backoff, max_kept)
         self._address = parts.netloc
         self._insecure = parts.scheme == "http" if insecure is None else insecure
         if parts.scheme == "https":
@@ -302,7 +382,9 @@ class GrpcTransport(Transport):
                     self._channel.close()
                     self._open()
         reason = {"UNAVAILABLE": "unavailable", "DEADLINE_EXCEEDED": "timed out"}.get(name, f"gRPC {name}")
-        return _Outcome(False, reason, retry_after)
+        limited = name == "RESOURCE_EXHAUSTED" or retry_after is not None
+        rejected = name in _REJECTING_CODES and not limited
+        return _Outcome(False, reason, retry_after, limited=limited, rejected=rejected)
 
     def close(self) -> None:
         with self._lock:

@@ -121,9 +121,9 @@ def test_no_fault_baseline(peers: tuple[OtlpReceiver, SentryIngest], tmp_path: P
 
 FAULTS = {
     "collector-absent": ("OTLP trace export to", "is failing"),
-    "sentry-absent": ("sending to Sentry", "failed"),
-    "sentry-429": ("sending to Sentry", "failed"),
-    "sentry-500": ("sending to Sentry", "failed"),
+    "sentry-absent": ("Sentry event sending", "is failing"),
+    "sentry-429": ("Sentry event sending", "is failing"),
+    "sentry-500": ("Sentry event sending", "is failing"),
     "sink-full-disk": ("metrics sink", "failed"),
     "sink-unopenable": ("metrics sink", "failed"),
     "sink-closed-pipe": ("metrics sink", "failed"),

@@ -151,6 +151,7 @@ class QuietHttpTransport(HttpTransport):
         self._kept: deque[tuple[bytes, dict[str, str], Any, int]] = deque()
         self._lock = threading.Lock()
         self._submitted = 0
+        self._probe: threading.Timer | None = None
 
     def _get_pool_options(self) -> dict[str, Any]:
         options: dict[str, Any] = super()._get_pool_options()
@@ -231,6 +232,20 @@ class QuietHttpTransport(HttpTransport):
         self._kept.append((body, headers, endpoint_type, events))
         while len(self._kept) > self.MAX_KEPT:
             self.health.lose(self._kept.popleft()[3], OUTAGE_OVERFLOW)
+        self._schedule_probe()
+
+    def _schedule_probe(self) -> None:
+        """Try again when the probe window ends, even if no new event comes to trigger it."""
+        with self._lock:
+            if self._probe is not None and self._probe.is_alive():
+                return
+            self._probe = threading.Timer(self.health.pause_remaining() + 0.01, self._submit_retry)
+            self._probe.daemon = True
+            self._probe.start()
+
+    def _submit_retry(self) -> None:
+        if self._kept:
+            self._worker.submit(self._retry_kept)
 
     def flush(self, timeout: float, callback: Any = None) -> None:
         if self._kept and timeout > 0:
@@ -245,6 +260,8 @@ class QuietHttpTransport(HttpTransport):
         """After the client closed: count every event neither delivered nor already counted as lost."""
         with self._lock:
             submitted = self._submitted
+            if self._probe is not None:
+                self._probe.cancel()
         accounted = self.health.delivered_count + self.health.dropped
         self._kept.clear()
         self.health.lose(submitted - accounted, STILL_QUEUED)

@@ -199,6 +199,8 @@ class RequestObserver:
                         self._log_failure()
                 if state.get(_KEY) is exchange:  # the response never finished
                     self._close(state, exchange)
+                if exchange.unlogged is not None:  # a server error: logged now that the client has its answer
+                    self._log_server_error(exchange, exchange.unlogged)
 
         return observe
 
@@ -230,7 +232,9 @@ class RequestObserver:
             if exchange is None and "path_template" not in state and not self.is_excluded(scope["path"]):
                 if self._runtime is not None and len(runtime.RUNNING) > 1:
                     runtime.set_current(self._runtime)
-                exchange = state[_KEY] = Exchange(perf_counter(), self._unmatched, method_label(scope["method"]))
+                exchange = state[_KEY] = Exchange(
+                    perf_counter(), self._unmatched, method_label(scope["method"]), in_middleware=False
+                )
                 if self._telemetry is not None:
                     trace_request(self._telemetry, scope, exchange, None, self._scrubber)
         except Exception:
@@ -297,7 +301,10 @@ class RequestObserver:
         if exc is None:
             return None
         if self._log_errors:
-            self._log_server_error(exchange, exc)
+            if exchange.in_middleware:
+                exchange.unlogged = exc  # the middleware logs it after the last byte is sent
+            else:
+                self._log_server_error(exchange, exc)
         return type(exc).__qualname__
 
     def _log_server_error(self, exchange: Exchange, exc: BaseException) -> None:

@@ -72,10 +72,16 @@ class SpanBatcher(SpanProcessor):
             self._wake.set()
 
     def _run(self) -> None:
+        exporter = self.exporter
         while not self._stopping:
-            self._wake.wait(self.schedule_delay)
+            # While a target keeps spans for a peer that is down, wake for each probe window as well.
+            kept = exporter.kept()
+            self._wake.wait(self.schedule_delay if not kept else min(self.schedule_delay, exporter.next_probe()))
             self._wake.clear()
             self._export_queued()
+            if exporter.kept():
+                with self._export_lock:
+                    exporter.retry_kept()
         self._export_queued()
         if not self._abandoned:
             with self._export_lock:

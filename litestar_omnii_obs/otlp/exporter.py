@@ -96,6 +96,15 @@ class FanOutSpanExporter(SpanExporter):
             keep = target.choose(trace_ids)
             target.health.lose(len(trace_ids) if keep is None else sum(keep), reason)
 
+    def kept(self) -> int:
+        """Spans targets keep for peers that are down."""
+        return sum(target.transport.kept for target in self.targets)
+
+    def next_probe(self) -> float:
+        """Seconds until a target keeping spans may be tried again (a little more, never 0)."""
+        waits = [target.health.pause_remaining() for target in self.targets if target.transport.kept]
+        return min(waits, default=0.0) + 0.01
+
     def retry_kept(self) -> None:
         """Send what targets kept during an outage if they may be tried now (before shutdown gives up)."""
         for target in self.targets:

@@ -305,5 +305,6 @@ class PeerHealth:
         return text
 
     def report(self) -> None:
-        """Log :meth:`summary`: a WARNING when something was lost, INFO otherwise."""
-        _logger.log(logging.WARNING if self.dropped else logging.INFO, "%s", self.summary())
+        """Log :meth:`summary` as a WARNING when something was lost (a clean shutdown stays quiet)."""
+        if self.dropped:
+            _logger.warning("%s", self.summary())

@@ -2,7 +2,8 @@
 
 Both write to the metric writer of the app they run in (see
 :mod:`litestar_omnii_obs.runtime`), never block the event loop and never raise because
-of a sink.
+of a sink or of a record that cannot be encoded (that line alone is dropped, counted and
+logged).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from opentelemetry import trace
 
 from litestar_omnii_obs import runtime
 from litestar_omnii_obs.records import Metric, OperationMetric, milliseconds
+from litestar_omnii_obs.records import _Record as _RecordBase
 
 __all__ = [
     "TimedOperation",
@@ -33,15 +35,25 @@ _P = ParamSpec("_P")
 def log_metric(metric: Metric) -> None:
     """Write ``metric`` as one JSON line with timestamp, service, environment and trace ids.
 
-    Goes to the sink of the app this code runs in. Never blocks the event loop and never
-    raises: a failing sink is reported once. Graph-query and sync records also feed their
-    OpenTelemetry histograms.
+    Goes to the sink of the app this code runs in. Never blocks the event loop. Graph-query
+    and sync records also feed their OpenTelemetry histograms.
+
+    Raises:
+        TypeError: ``metric`` is not a metric record (a ``msgspec.Struct`` subclass of the records'
+            base, such as :class:`~litestar_omnii_obs.ApiLatencyMetric`); nothing is written then.
+            Nothing else raises here: a failing sink is reported once, and a record that cannot be
+            encoded is dropped in the writer thread, counted and logged once per record type.
     """
+    if not isinstance(metric, _RecordBase):
+        raise TypeError(
+            "log_metric expects a metric record (a subclass of litestar_omnii_obs records' base, "
+            f"e.g. ApiLatencyMetric), got {type(metric).__name__}"
+        )
     runtime.current().record(metric)
 
 
 def flush_metrics() -> None:
-    """Write every line queued by the running apps now (shutdown does this by itself)."""
+    """Write every line queued by the running apps now (shutdown does this by itself); never raises."""
     for running in runtime.running() or [runtime.current()]:
         running.writer.drain()
 

@@ -70,6 +70,7 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
         config = self.config
         capture = runtime.active_capture()
         app_runtime = runtime.Runtime(config, MetricWriter(config))
+        app_runtime.writer.start()  # here, so no request pays for starting the thread
         async with AsyncExitStack() as stack:
             stack.push_async_callback(_drain_log_queues)  # last: what the shutdown logged reaches its handlers
             stack.push_async_callback(self._close_writer, app_runtime)
@@ -114,10 +115,11 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
         timeout = app_runtime.config.metrics.shutdown_timeout
         if not await run_bounded(writer.close, timeout, "metrics-close"):
             _logger.error(
-                "metric sink %r blocked for %.1fs at shutdown; %d metric line(s) lost",
+                "metric sink %r blocked for %.1fs at shutdown; %d metric line(s) lost (%s)",
                 writer.sink,
                 timeout,
-                writer.pending(),
+                writer.abandon(),
+                writer.loss_summary(),
             )
 
 

@@ -8,6 +8,11 @@ when the app is built and would close a handler created before it.
 Standard streams are written with ``os.write`` on their file descriptor, holding no
 Python lock: a pipe nobody reads can stall the writer thread, never the interpreter's
 own shutdown, and the plugin's shutdown gives up on it after a bound.
+
+Lines are written whole: each write is at most ``PIPE_BUF`` bytes of whole lines (a longer line
+alone), so server workers sharing one stdout pipe, or processes appending to one file (opened
+``O_APPEND``), never splice each other's lines. A record that cannot be encoded costs only its
+own line; nothing a record or a sink does stops the writer thread.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO
 
@@ -39,6 +46,9 @@ _Record = tuple[float, Metric, int, int]
 _Latency = tuple[float, str, str, int, float, str | None, bytes, int]
 _IDS = b',"trace_id":"%032x","span_id":"%016x"'
 _HEX_IDS = b',"trace_id":"%s","span_id":"%016x"'
+#: The most bytes one write to a pipe puts in it without interleaving with another process's writes.
+PIPE_BUF: int = getattr(select, "PIPE_BUF", 512)
+_FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 
 
 class MetricWriter:
@@ -59,10 +69,18 @@ class MetricWriter:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._file: IO[bytes] | None = None
+        self._fd: int | None = None
         self._failed = False
         self._closed = False
-        self.dropped = 0
+        #: Lines lost because the queue was full or the writer closed.
+        self.lost_queue_full = 0
+        #: Records that could not be encoded (each logged once per record type).
+        self.lost_encoding = 0
+        #: Lines a failing sink did not take, or that a blocked sink still held when it was given up on.
+        self.lost_sink = 0
+        self._unencodable: set[str] = set()
+        self._broken = False
+        self._abandoned = False
         self._inflight = 0
         self._stamp_second = -1
         self._stamp = b""
@@ -70,9 +88,48 @@ class MetricWriter:
         self.off = self.sink == "off"
         if self.sink not in ("stdout", "stderr", "off"):
             try:
-                self._file = open(self.sink, "ab")  # noqa: SIM115 - kept open until close()
+                self._fd = os.open(self.sink, _FILE_FLAGS, 0o644)  # kept open until close()
             except OSError as exc:
                 self._report_failure(exc)
+
+    def abandon(self) -> int:
+        """Count the lines still queued or being written as lost to the sink, and return how many.
+
+        For a shutdown that gave up waiting on :meth:`close` (a blocked sink): those lines are then in
+        ``lost_sink`` and :meth:`loss_summary`. Counted once; a write still blocked that fails later
+        is not counted again.
+        """
+        if self._abandoned:
+            return 0
+        self._abandoned = True
+        pending = self.pending()
+        self.lost_sink += pending
+        return pending
+
+    @property
+    def dropped(self) -> int:
+        """Every line lost, whatever the reason (the sum of the ``lost_*`` counters)."""
+        return self.lost_queue_full + self.lost_encoding + self.lost_sink
+
+    def loss_summary(self) -> str | None:
+        """One line saying how many metric lines were lost and why; ``None`` when none was."""
+        dropped = self.dropped
+        return f"metric lines: {dropped} lost ({self._loss_reasons()})" if dropped else None
+
+    def _loss_reasons(self) -> str:
+        return (
+            f"{self.lost_queue_full} queue full, {self.lost_encoding} failed encoding, "
+            f"{self.lost_sink} sink failed or blocked"
+        )
+
+    def start(self) -> None:
+        """Start the writer thread now (the plugin's lifespan does, before the first request).
+
+        Idempotent; does nothing when the sink is ``off`` or the writer is closed. Without it, the
+        first line queued starts the thread.
+        """
+        if not self.off:
+            self._start()
 
     def submit(self, metric: Metric, trace_id: int, span_id: int) -> None:
         """Queue one record with its trace ids; never blocks or raises."""
@@ -96,8 +153,8 @@ class MetricWriter:
         if self.off:
             return False
         if len(self._queue) >= self._max_queue or self._closed:
-            self.dropped += 1
-            if self.dropped == 1:
+            self.lost_queue_full += 1
+            if self.lost_queue_full == 1:
                 _logger.warning("metrics queue full (%d lines); dropping lines until it drains", self._max_queue)
             return False
         if self._thread is None:
@@ -169,32 +226,85 @@ class MetricWriter:
         return template
 
     def drain(self) -> None:
-        """Write every queued line now (the writer thread and ``close`` call this)."""
-        with self._lock:
-            chunk: list[bytes] = []
-            queue = self._queue
-            latency_line, encode, append = self._latency_line, self._encode, chunk.append
-            while queue:
-                item = queue.popleft()
-                append(latency_line(item) if len(item) == 8 else encode(item))
-            if chunk:
-                self._inflight = len(chunk)
-                try:
-                    self._write(b"".join(chunk), len(chunk))
-                finally:
-                    self._inflight = 0
+        """Write every queued line now (the writer thread and ``close`` call this); never raises.
 
-    def _write(self, data: bytes, lines: int) -> None:
+        A record that cannot be encoded is dropped, counted and logged once per record type; a
+        failing sink drops (and counts) only the lines it did not take.
+        """
+        try:
+            with self._lock:
+                queue = self._queue
+                count = len(queue)  # only this method takes from the queue; appends go on meanwhile
+                if not count:
+                    return
+                self._inflight = count
+                lines: list[bytes] = []
+                latency_line, encode, append, take = self._latency_line, self._encode, lines.append, queue.popleft
+                for _ in range(count):
+                    item = take()
+                    try:
+                        append(latency_line(item) if len(item) == 8 else encode(item))
+                    except Exception as exc:
+                        self._drop_unencodable(item, exc)
+                if lines:
+                    self._write(lines)
+                self._inflight = 0
+        except Exception as exc:  # a bug of ours: the lines taken are counted, the thread goes on
+            if not self._abandoned:  # counted already by abandon()
+                self.lost_sink += self._inflight
+            self._inflight = 0
+            if not self._broken:
+                self._broken = True
+                _logger.exception("metric writer failed unexpectedly (%s); the lines it held are counted as lost", exc)
+
+    def _drop_unencodable(self, item: _Record | _Latency, exc: Exception) -> None:
+        self.lost_encoding += 1
+        self._inflight -= 1
+        kind = "api_latency request line" if len(item) == 8 else _type_name(item[1])
+        if kind not in self._unencodable and len(self._unencodable) < 1024:
+            self._unencodable.add(kind)
+            _logger.error(
+                "metric record %s could not be encoded (%s: %s); such records are dropped and counted, "
+                "not logged again",
+                kind,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _write(self, lines: list[bytes]) -> None:
+        """Write ``lines`` in chunks of whole lines of at most ``PIPE_BUF`` bytes, one ``os.write`` each.
+
+        A line longer than ``PIPE_BUF`` is written alone. When the sink fails, the lines it did not
+        take whole are counted as lost (a line cut midway among them); the others are not.
+        """
+        done = 0  # lines of the chunks written whole
+        partial = 0  # whole lines of the failed chunk that the sink took before failing
         try:
             if self.sink in ("stdout", "stderr"):
-                _write_stream(sys.stdout if self.sink == "stdout" else sys.stderr, data)
-            elif self._file is not None:
-                self._file.write(data)
-                self._file.flush()
+                target = _stream_target(sys.stdout if self.sink == "stdout" else sys.stderr)
+            elif self._fd is not None:
+                target = self._fd
             else:
                 raise OSError(f"metrics sink {self.sink!r} is not open")
-        except (OSError, ValueError) as exc:
-            self.dropped += lines
+            write = os.write
+            for data, count in _chunks(lines):
+                if isinstance(target, int):
+                    view = memoryview(data)
+                    try:
+                        while view:  # one write, unless the sink takes less (a line longer than PIPE_BUF)
+                            view = view[write(target, view) :]
+                    except Exception:
+                        partial = data.count(b"\n", 0, len(data) - len(view))
+                        raise
+                else:  # replaced stream (pytest capture, StringIO)
+                    target.write(data.decode())
+                    target.flush()
+                done += count
+                self._inflight -= count
+        except Exception as exc:  # OSError, ValueError (closed stream), or whatever a replaced stream raises
+            self._inflight -= len(lines) - done
+            if not self._abandoned:  # counted already by abandon()
+                self.lost_sink += len(lines) - done - partial
             self._report_failure(exc)
 
     def _report_failure(self, exc: BaseException) -> None:
@@ -216,23 +326,43 @@ class MetricWriter:
             thread.join()
         else:
             self.drain()
-        if self._file is not None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
             with contextlib.suppress(OSError):
-                self._file.close()
+                os.close(fd)
         if self.dropped:
-            _logger.warning("%d metric line(s) were dropped", self.dropped)
+            _logger.warning("%d metric line(s) were dropped (%s)", self.dropped, self._loss_reasons())
 
 
-def _write_stream(stream: IO[str], data: bytes) -> None:
-    """Write ``data`` to a standard stream by file descriptor when it has one (no Python lock held)."""
+def _type_name(record: object) -> str:
+    kind = type(record)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _stream_target(stream: IO[str] | None) -> int | IO[str]:
+    """A standard stream's file descriptor (its buffer flushed first), or the stream when it has none."""
+    if stream is None:  # no console (pythonw), or closed by the application
+        raise OSError("the standard stream is None")
     try:
         fd = stream.fileno()
-    except (OSError, ValueError):  # replaced stream (pytest capture, StringIO)
-        stream.write(data.decode())
-        stream.flush()
-        return
+    except (OSError, ValueError, AttributeError):  # replaced stream (pytest capture, StringIO)
+        return stream
     stream.flush()  # keep order with text already printed
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    return fd
+
+
+def _chunks(lines: list[bytes], limit: int = PIPE_BUF) -> Iterator[tuple[bytes, int]]:
+    """``lines`` packed greedily into chunks of whole lines of at most ``limit`` bytes, with their line counts.
+
+    A line longer than ``limit`` is a chunk of its own.
+    """
+    start = size = 0
+    for index, line in enumerate(lines):
+        length = len(line)
+        if size + length > limit and index > start:
+            yield b"".join(lines[start:index]), index - start
+            start = index
+            size = 0
+        size += length
+    if start < len(lines):
+        yield b"".join(lines[start:]), len(lines) - start

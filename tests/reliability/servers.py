@@ -60,13 +60,22 @@ def start_server(
     stdout: int = subprocess.DEVNULL,
     http: str | None = None,
 ) -> Server:
-    """``http``: uvicorn's HTTP implementation (``h11``, ``httptools``); ``None``: uvicorn's own choice."""
+    """``server``: ``uvicorn``, ``gunicorn`` (uvicorn workers) or ``granian``, with ``workers`` processes.
+
+    ``http``: uvicorn's HTTP implementation (``h11``, ``httptools``); ``None``: uvicorn's own choice.
+    """
     port = free_port()
     if server == "uvicorn":
         command = [sys.executable, "-m", "uvicorn", "example_app.app:app", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--no-access-log", "--timeout-keep-alive", "30"]
         if http is not None:
             command += ["--http", http]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+    elif server == "gunicorn":
+        command = [sys.executable, "-m", "gunicorn", "example_app.app:app", "--bind", f"127.0.0.1:{port}"]
+        command += ["--worker-class", "uvicorn.workers.UvicornWorker", "--workers", str(workers)]
+        command += ["--keep-alive", "30", "--graceful-timeout", "20"]
     else:
         command = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1"]
         command += ["--port", str(port), "--workers", str(workers), "--no-ws", "example_app.app:app"]

@@ -56,12 +56,16 @@ from litestar_omnii_obs.health import (
 )
 
 if TYPE_CHECKING:
+    # sentry-sdk's event and hint types, from its private _types module.
     # The return type of ``Tracer.start_as_current_span``, which a delegating tracer must match.
     from opentelemetry.context import Context
     from opentelemetry.trace import Status
     from opentelemetry.util._decorator import _AgnosticContextManager as AgnosticContextManager
+    from sentry_sdk._types import Event, Hint
 
 __all__ = [
+    "Event",
+    "Hint",
     "AgnosticContextManager",
     "SENSITIVE_DATA_SUBSTITUTE",
     "AnnotatedValue",

@@ -37,8 +37,6 @@ def span_name(label: str, route: str | None) -> str:
 def server_span_attributes(scope: Scope, method: str, route: str | None, scrubber: SecretScrubber) -> dict[str, Any]:
     """HTTP semantic-convention attributes of a server span; the query string scrubbed like Sentry's data."""
     raw_query: bytes = scope.get("query_string", b"")
-    query = scrubber.scrub_query(raw_query.decode("latin-1")) if raw_query else ""
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _SPAN_HEADERS}
     label = method_label(method)
     attributes: dict[str, Any] = {
         "http.request.method": label,
@@ -48,10 +46,19 @@ def server_span_attributes(scope: Scope, method: str, route: str | None, scrubbe
     }
     if label != method:
         attributes["http.request.method_original"] = method[:_MAX_ORIGINAL_METHOD]
-    if query:
-        attributes["url.query"] = query
+    if raw_query:
+        query = scrubber.scrub_query(raw_query.decode("latin-1"))
+        if query:
+            attributes["url.query"] = query
     if route is not None:
         attributes["http.route"] = route
+    _add_peers(attributes, scope)
+    _add_headers(attributes, scope)
+    return attributes
+
+
+def _add_peers(attributes: dict[str, Any], scope: Scope) -> None:
+    """``server.address``/``server.port`` and ``client.address`` from the ASGI scope."""
     server = scope.get("server")
     if server:
         attributes["server.address"] = server[0]
@@ -60,9 +67,13 @@ def server_span_attributes(scope: Scope, method: str, route: str | None, scrubbe
     client = scope.get("client")
     if client:
         attributes["client.address"] = client[0]
+
+
+def _add_headers(attributes: dict[str, Any], scope: Scope) -> None:
+    """The user agent, and the caller's ``X-Request-ID`` when it looks like an id (nothing else is kept)."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _SPAN_HEADERS}
     if "user-agent" in headers:
         attributes["user_agent.original"] = headers["user-agent"]
     caller_id = headers.get("x-request-id")
     if caller_id and len(caller_id) <= 128 and not caller_id.encode().translate(None, _REQUEST_ID_CHARS):
         attributes["http.request.header.x-request-id"] = (caller_id,)
-    return attributes

@@ -19,6 +19,28 @@ request is observed by three light pieces instead, each doing one job:
 If a response never completes (the client went away mid-stream), the middleware
 closes the request on the way out. An error in this module is logged once and never
 reaches the response.
+
+One request, top to bottom: :meth:`RequestObserver._open` (used by the middleware and by
+``after_exception``) builds the :class:`~litestar_omnii_obs.exchange.Exchange` and calls
+:func:`~litestar_omnii_obs.exchange.trace_request`, which takes one of these ways:
+
+=====================  ===============================  =====================================
+the request            sampled (our provider)           dropped (our provider)
+=====================  ===============================  =====================================
+no trace headers       ``_start_span``: a ``ServerSpan`` ``DroppedSpan`` (ids only)
+                       (SDK span with sentry-sdk's
+                       processor)
+trace headers          ``_trace_joined`` then            ``_trace_joined``: ``DroppedSpan``
+                       ``_start_span`` (caller's trace)  in the caller's trace
+provider not ours      ``_trace_foreign``: the SDK's     (its sampler decides)
+                       tracer and sampler
+=====================  ===============================  =====================================
+
+The decision itself (ratio by trace id, parent-based) is :mod:`litestar_omnii_obs.sampling`'s.
+:meth:`RequestObserver.before_send` sets the status and adds ``X-Request-ID`` at the response
+start, and calls :meth:`RequestObserver._close` at the last body byte (the record, the duration
+point, :func:`~litestar_omnii_obs.exchange.end_server_span`); the middleware's
+:meth:`RequestObserver._finish` runs after the response is sent (a 5xx's ERROR line).
 """
 
 from __future__ import annotations
@@ -36,7 +58,7 @@ from opentelemetry.context import Context
 
 from litestar_omnii_obs import runtime
 from litestar_omnii_obs._compat import otel_context_var
-from litestar_omnii_obs.attributes import KNOWN_METHODS, method_label
+from litestar_omnii_obs.attributes import KNOWN_METHODS
 from litestar_omnii_obs.exchange import Exchange, end_server_span, trace_request
 from litestar_omnii_obs.scrubbing import SecretScrubber
 from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
@@ -72,6 +94,12 @@ class _Route(msgspec.Struct):
     observed: bool  # an HTTP handler not opted out
     template: str  # its path template; "" for a mounted app (labelled by its mount path per request)
     check_path: bool  # whether a request's path must be checked against ``exclude_paths``
+
+
+def _remember(exchange: Exchange, exc: BaseException) -> None:
+    """The first exception a request raised is the one reported."""
+    if exchange.exc is None:
+        exchange.exc = exc
 
 
 class ObserverMiddleware:
@@ -144,7 +172,6 @@ class RequestObserver:
         opted out, its route template, whether any of its paths could be excluded) is settled on the
         stack's first request and checked again only if another handler ever shows up.
         """
-        set_current, running = runtime.set_current, runtime.RUNNING
         # OpenTelemetry's own context variable when it has one (the default): attach and detach without
         # the two function layers around it; another runtime context goes through the public API.
         context_var = otel_context_var()
@@ -154,55 +181,79 @@ class RequestObserver:
         handler: object = None  # the route handler this stack serves, learnt on its first request
         route = _Route(False, "", True)
 
+        def attach_span(exchange: Exchange) -> object:
+            """Make the request's span current: what ``trace.set_span_in_context(span, parent)`` makes, directly."""
+            base = current_context() if exchange.parent is None else exchange.parent
+            return attach(Context({**base, _SPAN_KEY: exchange.span}))
+
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:
             nonlocal handler, route
             app_runtime = self._runtime
             if app_runtime is not None and app_runtime.per_request:
-                if len(running) > 1:  # log_metric & co. in this request find this app (alone, it is found anyway)
-                    set_current(app_runtime)
-                if app_runtime.sentry is not None:
-                    new_request_breadcrumbs()
+                self._set_up_request(app_runtime)
             if scope["route_handler"] is not handler:
                 handler = scope["route_handler"]
                 route = self._route(scope)
-            if not route.observed or (route.check_path and self.is_excluded(scope["path"])):
+            exchange = self._open(scope, route) if route.observed else None
+            if exchange is None:  # not observed (opted out, excluded), or our failure (logged): the request goes on
                 await app(scope, receive, send)
                 return
-            state: dict[str, Any] = scope  # type: ignore[assignment]
-            try:
-                method: str = scope["method"]  # type: ignore[typeddict-item]  # an HTTP scope
-                template = route.template or self._mount_label(state)
-                exchange = Exchange(perf_counter(), template, method if method in KNOWN_METHODS else "_OTHER")
-                telemetry = self._telemetry
-                if telemetry is not None:
-                    trace_request(telemetry, scope, exchange, template, self._scrubber)
-            except Exception:  # our failure must not become the request's
-                self._log_failure()
-                await app(scope, receive, send)
-                return
-            state[_KEY] = exchange
-            span = exchange.span
-            token = None
-            if span is not None:  # what trace.set_span_in_context(span, parent) makes, without its two calls
-                base = current_context() if exchange.parent is None else exchange.parent
-                token = attach(Context({**base, _SPAN_KEY: span}))
+            token = None if exchange.span is None else attach_span(exchange)
             try:
                 await app(scope, receive, send)
             except BaseException as exc:
-                exchange.exc = exchange.exc or exc
+                _remember(exchange, exc)
                 raise
             finally:
-                if token is not None:
-                    try:
-                        detach(token)
-                    except (ValueError, RuntimeError):  # a token from another context: log it, spare the response
-                        self._log_failure()
-                if state.get(_KEY) is exchange:  # the response never finished
-                    self._close(state, exchange)
-                if exchange.unlogged is not None:  # a server error: logged now that the client has its answer
-                    self._log_server_error(exchange, exchange.unlogged)
+                self._finish(scope, exchange, token, detach)
 
         return observe
+
+    def _set_up_request(self, app_runtime: runtime.Runtime) -> None:
+        """Per-request set-up, only when there is some (see ``Runtime.per_request``)."""
+        if len(runtime.RUNNING) > 1:  # log_metric & co. in this request find this app (alone, it is found anyway)
+            runtime.set_current(app_runtime)
+        if app_runtime.sentry is not None:
+            new_request_breadcrumbs()
+
+    def _open(self, scope: Scope, route: _Route | None) -> Exchange | None:
+        """Open one request: its :class:`Exchange` (start time, route label, method) and, traced, its ids and span.
+
+        The one way a request is opened, by the middleware (``route``: its route handler's facts) or by
+        :meth:`after_exception` (``None``: no route matched). ``None`` when the path is excluded, or
+        when opening failed (logged once).
+        """
+        if (route is None or route.check_path) and self.is_excluded(scope["path"]):
+            return None
+        try:
+            template = None if route is None else route.template or self._mount_label(scope)
+            method: str = scope["method"]  # type: ignore[typeddict-item]  # an HTTP scope
+            exchange = Exchange(
+                perf_counter(),
+                self._unmatched if template is None else template,
+                method if method in KNOWN_METHODS else "_OTHER",
+                in_middleware=route is not None,
+            )
+            if self._telemetry is not None:
+                trace_request(self._telemetry, scope, exchange, template, self._scrubber)
+        except Exception:  # our failure must not become the request's
+            self._log_failure()
+            return None
+        scope[_KEY] = exchange  # type: ignore[literal-required]  # our key in the ASGI scope
+        return exchange
+
+    def _finish(self, scope: Scope, exchange: Exchange, token: object, detach: Any) -> None:
+        """After the app returned: detach the span's context, close a response that never finished, log a 5xx."""
+        if token is not None:
+            try:
+                detach(token)
+            except (ValueError, RuntimeError):  # a token from another context: log it, spare the response
+                self._log_failure()
+        state: dict[str, Any] = scope  # type: ignore[assignment]
+        if state.get(_KEY) is exchange:  # the response never finished
+            self._close(state, exchange)
+        if exchange.unlogged is not None:  # a server error: logged now that the client has its answer
+            self._log_server_error(exchange, exchange.unlogged)
 
     def _route(self, scope: Scope) -> _Route:
         """What the middleware needs to know about the route handler of ``scope``, worked out once."""
@@ -228,17 +279,10 @@ class RequestObserver:
             return
         state: dict[str, Any] = scope  # type: ignore[assignment]
         exchange: Exchange | None = state.get(_KEY)
-        try:
-            if exchange is None and "path_template" not in state and not self.is_excluded(scope["path"]):
-                if self._runtime is not None and len(runtime.RUNNING) > 1:
-                    runtime.set_current(self._runtime)
-                exchange = state[_KEY] = Exchange(
-                    perf_counter(), self._unmatched, method_label(scope["method"]), in_middleware=False
-                )
-                if self._telemetry is not None:
-                    trace_request(self._telemetry, scope, exchange, None, self._scrubber)
-        except Exception:
-            self._log_failure()
+        if exchange is None and "path_template" not in state:
+            if self._runtime is not None and len(runtime.RUNNING) > 1:
+                runtime.set_current(self._runtime)
+            exchange = self._open(scope, None)
         if exchange is not None:
             exchange.exc = exc
 
@@ -346,10 +390,10 @@ class RequestObserver:
             if token is not None:
                 otel_context.detach(token)
 
-    def _mount_label(self, state: dict[str, Any]) -> str:
+    def _mount_label(self, scope: Scope) -> str:
         """Litestar leaves ``path_template`` empty for mounted apps: use the mount path."""
-        paths: list[str] = sorted(state["route_handler"].paths, key=len, reverse=True)
-        raw = state.get("raw_path", b"").decode("latin-1")
+        paths: list[str] = sorted(scope["route_handler"].paths, key=len, reverse=True)
+        raw = scope.get("raw_path", b"").decode("latin-1")
         return next((p for p in paths if raw.startswith(p)), paths[0])
 
     def _log_failure(self) -> None:

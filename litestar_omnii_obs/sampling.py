@@ -107,19 +107,23 @@ class DroppedSpan(NonRecordingSpan):
     directly, so the context object is built only when user code asks for it.
     """
 
-    __slots__ = ("_context", "_state", "span_id", "trace_id")
+    __slots__ = ("_lazy_context", "_state", "span_id", "trace_id")
 
     def __init__(self, trace_id: int, parent: SpanContext | None = None) -> None:
         self.trace_id = trace_id
         self.span_id = _getrandbits(64) or 1
         self._state = None if parent is None else parent.trace_state
-        self._context: SpanContext | None = None  # type: ignore[assignment]  # built on first use
+        self._lazy_context: SpanContext | None = None  # built on first use
+        # NonRecordingSpan.__init__ is not called: its context is this class's, made on demand.
 
     def get_span_context(self) -> SpanContext:
-        context = self._context
+        context = self._lazy_context
         if context is None:
-            context = self._context = SpanContext(self.trace_id, self.span_id, False, _NOT_SAMPLED, self._state)
+            context = self._lazy_context = SpanContext(self.trace_id, self.span_id, False, _NOT_SAMPLED, self._state)
         return context
+
+    def __repr__(self) -> str:
+        return f"DroppedSpan(trace_id={self.trace_id:032x}, span_id={self.span_id:016x})"
 
 
 def new_span_id() -> int:

@@ -17,7 +17,7 @@ from sentry_sdk.utils import iter_event_frames
 from litestar_omnii_obs._compat import SENSITIVE_DATA_SUBSTITUTE, AnnotatedValue
 
 if TYPE_CHECKING:
-    from sentry_sdk._types import Event
+    from litestar_omnii_obs._compat import Event
 
 __all__ = ["DEFAULT_SCRUB_KEYS", "REDACTED", "SecretScrubber"]
 

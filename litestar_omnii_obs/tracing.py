@@ -46,7 +46,7 @@ from litestar_omnii_obs.durations import SCOPE, DurationsExporter, RequestDurati
 from litestar_omnii_obs.health import PeerHealth
 from litestar_omnii_obs.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, Target, build_metric_exporter
 from litestar_omnii_obs.otlp.batcher import SpanBatcher
-from litestar_omnii_obs.records import GraphQueryMetric, Metric, SyncMetric
+from litestar_omnii_obs.records import GraphQueryMetric, MetricRecord, SyncMetric
 from litestar_omnii_obs.sampling import PresetTraceIds, ServerSampling, new_span_id
 from litestar_omnii_obs.server_span import ServerSpans
 from litestar_omnii_obs.shared import route_global_provider
@@ -90,15 +90,24 @@ class Telemetry:
         self,
         config: ObservabilityConfig,
         tracer_provider: TracerProvider,
-        meter_provider: MeterProvider | None,
-        owned: bool,
         log_filter: ExportLogFilter,
+        *,
+        sampling: ServerSampling | None = None,
+        meter_provider: MeterProvider | None = None,
         durations: RequestDurations | None = None,
+        span_exporter: FanOutSpanExporter | None = None,
+        batcher: SpanBatcher | None = None,
+        metric_exporter: DurationsExporter | None = None,
+        ids: PresetTraceIds | None = None,
+        server_spans: ServerSpans | None = None,
+        detachable: Sequence[_WhileRunning] = (),
     ) -> None:
         self.config = config
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self.owned = owned
+        #: The provider is ours (built from the config); ``sampling`` is then ours too (``None``: ask the provider).
+        self.owned = sampling is not None
+        self.sampling = sampling
         self._log_filter = log_filter
         self.tracer = tracer_provider.get_tracer("litestar_omnii_obs")
         self.request_duration = durations
@@ -119,15 +128,14 @@ class Telemetry:
             self.sync_duration = meter.create_histogram(
                 "omnii.sync.duration", unit="ms", description="Duration of sync jobs."
             )
-        self.pending_lines: Callable[[], int] = lambda: 0
-        self.span_exporter: FanOutSpanExporter | None = None
-        self.batcher: SpanBatcher | None = None
-        self.metric_exporter: DurationsExporter | None = None
-        self.sampling: ServerSampling | None = None  # None: the provider is not ours, ask it for every span
-        self.ids: PresetTraceIds | None = None
+        self.pending_lines: Callable[[], int] = lambda: 0  # the app's metric writer's, set by the plugin
+        self.span_exporter = span_exporter
+        self.batcher = batcher
+        self.metric_exporter = metric_exporter
+        self.ids = ids
         #: Sampled server spans without the SDK's per-span work, while the processors are all ours.
-        self.server_spans: ServerSpans | None = None
-        self.detachable: list[_WhileRunning] = []  # processors added to a provider that is not ours
+        self.server_spans = server_spans
+        self.detachable = list(detachable)  # processors added to a provider that is not ours
 
     def sample_joined(self, parent: Context) -> tuple[bool, int, SpanContext | None]:
         """The decision for a request that came with trace headers: (sampled, trace id, the caller's span context).
@@ -171,7 +179,7 @@ class Telemetry:
         """``timed_operation`` observer: one histogram point per operation."""
         self.operation_duration.record(duration, {"operation": name, "outcome": "error" if exc is not None else "ok"})
 
-    def record_metric(self, metric: Metric) -> None:
+    def record_metric(self, metric: MetricRecord) -> None:
         """``log_metric`` observer: graph-query and sync records feed their histograms."""
         if isinstance(metric, GraphQueryMetric):
             self.graph_query_duration.record(metric.duration, {"query_type": metric.query_type})
@@ -296,21 +304,10 @@ def _build_telemetry(
     sentry_dsn: str | None,
     log_filter: ExportLogFilter,
 ) -> Telemetry:
-    tracing = config.tracing
     existing = trace.get_tracer_provider()
-    if tracing.use_global_provider and isinstance(existing, TracerProvider):
-        _logger.warning("using the application's own OpenTelemetry TracerProvider; not installing another")
-        # The SDK cannot remove a span processor: ours stop forwarding when this app stops.
-        added = [_WhileRunning(p) for p in extra_processors]
-        if capture_exporter is not None:
-            added.append(_WhileRunning(SimpleSpanProcessor(capture_exporter)))
-        for detachable in added:
-            existing.add_span_processor(detachable)
-        telemetry = Telemetry(config, existing, None, owned=False, log_filter=log_filter)
-        telemetry.detachable = added
-        return telemetry
-
-    endpoint = tracing.traces_endpoint
+    if config.tracing.use_global_provider and isinstance(existing, TracerProvider):
+        return _adopt_provider(config, existing, extra_processors, capture_exporter, log_filter)
+    tracing = config.tracing
     resource = build_resource(config)
     exporter = build_span_exporter(config, sentry_dsn)
     # With nobody to receive spans, record none: trace ids still exist for X-Request-ID and logs.
@@ -321,13 +318,55 @@ def _build_telemetry(
         resource=resource, shutdown_on_exit=False, sampler=sampling.sdk_sampler(), id_generator=ids
     )
     follow_config_not_environ(tracer_provider, False)
-    meter_provider: MeterProvider | None = None
-    durations: RequestDurations | None = None
-    metric_exporter: DurationsExporter | None = None
-    processors: list[SpanProcessor] = []  # every processor the provider has, when none came from outside
+    processors, batcher = _span_processors(config, exporter, capture_exporter)
+    for processor in [*processors, *extra_processors]:
+        tracer_provider.add_span_processor(processor)
+    meter_provider, durations, metric_exporter = _metrics(config, resource)
+    if tracing.set_global_provider:
+        route_global_provider()
+    return Telemetry(
+        config,
+        tracer_provider,
+        log_filter,
+        sampling=sampling,
+        meter_provider=meter_provider,
+        durations=durations,
+        span_exporter=exporter,
+        batcher=batcher,
+        metric_exporter=metric_exporter,
+        ids=ids,
+        # sentry-sdk's span processor needs the SDK's own spans (on_start): ServerSpans only without it.
+        server_spans=None if extra_processors else ServerSpans(processors, resource, SCOPE),
+    )
+
+
+def _adopt_provider(
+    config: ObservabilityConfig,
+    existing: TracerProvider,
+    extra_processors: Sequence[SpanProcessor],
+    capture_exporter: SpanExporter | None,
+    log_filter: ExportLogFilter,
+) -> Telemetry:
+    """The application's own provider (``OMNII_OBS_USE_APP_PROVIDER``): ours are added, removable on stop."""
+    _logger.warning("using the application's own OpenTelemetry TracerProvider; not installing another")
+    # The SDK cannot remove a span processor: ours stop forwarding when this app stops.
+    added = [_WhileRunning(p) for p in extra_processors]
+    if capture_exporter is not None:
+        added.append(_WhileRunning(SimpleSpanProcessor(capture_exporter)))
+    for detachable in added:
+        existing.add_span_processor(detachable)
+    return Telemetry(config, existing, log_filter, detachable=added)
+
+
+def _span_processors(
+    config: ObservabilityConfig, exporter: FanOutSpanExporter | None, capture_exporter: SpanExporter | None
+) -> tuple[list[SpanProcessor], SpanBatcher | None]:
+    """Every span processor of ours: the test capture, the batcher to the OTLP targets, or the console."""
+    tracing = config.tracing
+    processors: list[SpanProcessor] = []
     if capture_exporter is not None:
         processors.append(SimpleSpanProcessor(capture_exporter))
-    batcher: SpanBatcher | None = None
+    batcher = None
     if exporter is not None:
         batcher = SpanBatcher(
             exporter,
@@ -336,38 +375,32 @@ def _build_telemetry(
             max_batch=tracing.bsp_max_export_batch_size,
         )
         processors.append(batcher)
-    metrics_endpoint = tracing.metrics_endpoint
-    if metrics_endpoint:
-        durations = RequestDurations()
-        durations.start_folding()
-        metric_exporter = DurationsExporter(
-            build_metric_exporter_for(config),
-            durations,
-            PeerHealth(redact_url(metrics_endpoint) or metrics_endpoint, kind="OTLP metric export", unit="export"),
-        )
-        meter_provider = MeterProvider(
-            resource=resource,
-            metric_readers=[PeriodicExportingMetricReader(metric_exporter)],
-            shutdown_on_exit=False,
-            exemplar_filter=AlwaysOffExemplarFilter(),
-        )
-        follow_config_not_environ(meter_provider, False)
-    if not endpoint and tracing.console:
+    if tracing.console and (not tracing.traces_endpoint or "console" in tracing.traces_exporter):
         processors.append(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
-    elif not endpoint and capture_exporter is None:
+    elif not tracing.traces_endpoint and capture_exporter is None and "otlp" in tracing.traces_exporter:
         _logger.warning("OTEL_EXPORTER_OTLP_ENDPOINT is not set: spans are created for trace ids but not exported")
-    for processor in [*processors, *extra_processors]:
-        tracer_provider.add_span_processor(processor)
-    if tracing.set_global_provider:
-        route_global_provider()
-    telemetry = Telemetry(
-        config, tracer_provider, meter_provider, owned=True, log_filter=log_filter, durations=durations
+    return processors, batcher
+
+
+def _metrics(
+    config: ObservabilityConfig, resource: Resource
+) -> tuple[MeterProvider | None, RequestDurations | None, DurationsExporter | None]:
+    """The meter provider, the request-duration aggregation and its exporter, when a metrics endpoint is set."""
+    metrics_endpoint = config.tracing.metrics_endpoint
+    if not metrics_endpoint:
+        return None, None, None
+    durations = RequestDurations()
+    durations.start_folding()
+    metric_exporter = DurationsExporter(
+        build_metric_exporter_for(config),
+        durations,
+        PeerHealth(redact_url(metrics_endpoint) or metrics_endpoint, kind="OTLP metric export", unit="export"),
     )
-    telemetry.span_exporter = exporter
-    telemetry.batcher = batcher
-    telemetry.metric_exporter = metric_exporter
-    telemetry.sampling = sampling
-    telemetry.ids = ids
-    if not extra_processors:  # sentry-sdk's span processor needs the SDK's own spans (on_start)
-        telemetry.server_spans = ServerSpans(processors, resource, SCOPE)
-    return telemetry
+    meter_provider = MeterProvider(
+        resource=resource,
+        metric_readers=[PeriodicExportingMetricReader(metric_exporter)],
+        shutdown_on_exit=False,
+        exemplar_filter=AlwaysOffExemplarFilter(),
+    )
+    follow_config_not_environ(meter_provider, False)
+    return meter_provider, durations, metric_exporter

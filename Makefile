@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-lowest lint typecheck pytest bench reliability lock clean
+.PHONY: run test test-fast test-lowest lint typecheck pytest bench reliability lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 test: lint typecheck pytest
+
+# Everything but the slow real-server suites (marker `reliability`, tests/reliability/): for the edit-test loop.
+test-fast: lint typecheck
+	$(BIN)/python -m pytest -p no:cacheprovider -m "not reliability" -q
 
 bench: $(STAMP)
 	bash bench/run.sh

@@ -44,8 +44,9 @@ from litestar_omnii_obs.scrubbing import DEFAULT_SCRUB_KEYS, SecretScrubber
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
-    from sentry_sdk._types import Event, Hint
     from sentry_sdk.transport import Transport
+
+    from litestar_omnii_obs._compat import Event, Hint
 
 __all__ = ["DEFAULT_SCRUB_KEYS", "SecretScrubber", "SentryReporter", "capture_error", "start_sentry"]
 

@@ -222,23 +222,26 @@ def _timed(pipe: str, target: str, run: Callable[[], tuple[bool, str]]) -> PipeR
     return PipeResult(pipe, target, "ok" if ok else "failed", detail, elapsed)
 
 
-def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -> list[PipeResult]:
-    """Send one span, one metric point and one event where ``config`` says; wait for each answer.
+_Check = Callable[[], tuple[bool, str]]
+#: A pipe: its name, its target as shown, its check (``None`` when not configured), why it is off.
+_Pipe = tuple[str, str, _Check | None, str]
 
-    The configured pipes run in parallel daemon threads, each bounded by ``timeout``; a pipe
-    still busy a second after that is reported as failed, so the whole check is bounded.
-    """
-    from litestar_omnii_obs._compat import SDK_EXPORT_LOGGERS
 
-    errors = _ExporterErrors()
+def _otlp_off_reason(config: ObservabilityConfig) -> str:
+    """Why the OTLP pipes are off, naming the setting that turned them off."""
+    if not config.tracing.enabled:
+        return "OMNII_OBS_TRACING=false"
+    if config.tracing.sdk_disabled:
+        return "OTEL_SDK_DISABLED=true"
+    return "OTEL_EXPORTER_OTLP_ENDPOINT not set"
+
+
+def _pipes(config: ObservabilityConfig, timeout: float, errors: _ExporterErrors) -> list[_Pipe]:
+    """The three pipes in report order, each with its check if ``config`` sends anything through it."""
     traces = config.tracing_active and bool(config.tracing.traces_endpoint)
     metrics = config.tracing_active and bool(config.tracing.metrics_endpoint)
-    otlp_off = "OTEL_EXPORTER_OTLP_ENDPOINT not set"
-    if not config.tracing.enabled:
-        otlp_off = "OMNII_OBS_TRACING=false"
-    elif config.tracing.sdk_disabled:
-        otlp_off = "OTEL_SDK_DISABLED=true"
-    pipes: list[tuple[str, str, Callable[[], tuple[bool, str]] | None, str]] = [
+    otlp_off = _otlp_off_reason(config)
+    return [
         (
             "otlp-traces",
             _otlp_target(config, config.tracing.traces_endpoint),
@@ -258,30 +261,52 @@ def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -
             "SENTRY_DSN not set",
         ),
     ]
-    finished: dict[str, PipeResult] = {}
+
+
+def _check_threads(pipes: Sequence[_Pipe], finished: dict[str, PipeResult]) -> dict[str, threading.Thread]:
+    """A daemon thread per configured pipe, recording its result in ``finished`` (a hung peer cannot block exit)."""
     threads: dict[str, threading.Thread] = {}
     for pipe, target, run, _ in pipes:
         if run is not None:
 
-            def work(pipe: str = pipe, target: str = target, run: Callable[[], tuple[bool, str]] = run) -> None:
+            def work(pipe: str = pipe, target: str = target, run: _Check = run) -> None:
                 finished[pipe] = _timed(pipe, target, run)
 
             threads[pipe] = threading.Thread(target=work, name=f"omnii-obs-check-{pipe}", daemon=True)
+    return threads
+
+
+def _pipe_result(
+    pipe: _Pipe, thread: threading.Thread | None, finished: dict[str, PipeResult], timeout: float
+) -> PipeResult:
+    """A pipe's row: off if it has no check, failed if its check did not finish in time."""
+    name, target, _, why_off = pipe
+    if thread is None:
+        return PipeResult(name, target, "off", why_off, None)
+    if thread.is_alive() or name not in finished:
+        return PipeResult(name, target, "failed", f"no answer within {timeout:g}s", None)
+    return finished[name]
+
+
+def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -> list[PipeResult]:
+    """Send one span, one metric point and one event where ``config`` says; wait for each answer.
+
+    The configured pipes run in parallel daemon threads, each bounded by ``timeout``; a pipe
+    still busy a second after that is reported as failed, so the whole check is bounded.
+    """
+    from litestar_omnii_obs._compat import SDK_EXPORT_LOGGERS
+
+    errors = _ExporterErrors()
+    pipes = _pipes(config, timeout, errors)
+    finished: dict[str, PipeResult] = {}
+    threads = _check_threads(pipes, finished)
     with _quiet_loggers((*SDK_EXPORT_LOGGERS, "litestar_omnii_obs"), errors):
         for thread in threads.values():
             thread.start()
         deadline = time.monotonic() + timeout + 1.0
         for thread in threads.values():
             thread.join(max(0.0, deadline - time.monotonic()))
-    results: list[PipeResult] = []
-    for pipe, target, _, why_off in pipes:
-        if pipe not in threads:
-            results.append(PipeResult(pipe, target, "off", why_off, None))
-        elif threads[pipe].is_alive() or pipe not in finished:
-            results.append(PipeResult(pipe, target, "failed", f"no answer within {timeout:g}s", None))
-        else:
-            results.append(finished[pipe])
-    return results
+    return [_pipe_result(pipe, threads.get(pipe[0]), finished, timeout) for pipe in pipes]
 
 
 # --------------------------------------------------------------------------- obs test-error

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import msgspec
 
-from litestar_omnii_obs.checks import DEFAULT_TIMEOUT, check_pipes, send_test_error
+from litestar_omnii_obs.checks import DEFAULT_TIMEOUT, PipeResult, check_pipes, send_test_error
 from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_url
 
 if TYPE_CHECKING:
@@ -121,6 +121,24 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows])
 
 
+def _check_table(results: Sequence[PipeResult]) -> str:
+    """``obs check``'s table: a row per pipe, its round trip in ms ("-" when none was made)."""
+    rows = [
+        (r.pipe, r.target, r.result, "-" if r.time_ms is None else f"{r.time_ms:.1f} ms", r.detail) for r in results
+    ]
+    return _table(("pipe", "target", "result", "time", "detail"), rows)
+
+
+def _check_summary(results: Sequence[PipeResult], failed: int) -> str:
+    """``obs check``'s last line: how many configured pipes failed, or what to set when none is configured."""
+    configured = sum(1 for r in results if r.result != "off")
+    if not configured:
+        return "no pipe is configured (set OTEL_EXPORTER_OTLP_ENDPOINT and/or SENTRY_DSN)"
+    if failed:
+        return f"{failed} of {configured} configured pipe(s) failed"
+    return f"all {configured} configured pipe(s) ok"
+
+
 def _config_error(exc: ConfigError) -> NoReturn:
     import click
 
@@ -175,19 +193,8 @@ def add_obs_commands(cli: click.Group, config: ObservabilityConfig) -> None:
         if as_json:
             click.echo(json.dumps({"ok": not failed, "pipes": [asdict(r) for r in results]}, indent=2))
         else:
-            rows = [
-                (r.pipe, r.target, r.result, "-" if r.time_ms is None else f"{r.time_ms:.1f} ms", r.detail)
-                for r in results
-            ]
-            click.echo(_table(("pipe", "target", "result", "time", "detail"), rows))
-            configured = sum(1 for r in results if r.result != "off")
-            if not configured:
-                summary = "no pipe is configured (set OTEL_EXPORTER_OTLP_ENDPOINT and/or SENTRY_DSN)"
-            elif failed:
-                summary = f"{len(failed)} of {configured} configured pipe(s) failed"
-            else:
-                summary = f"all {configured} configured pipe(s) ok"
-            click.echo(f"\n{summary}")
+            click.echo(_check_table(results))
+            click.echo(f"\n{_check_summary(results, len(failed))}")
         if failed:
             raise click.exceptions.Exit(1)
 

@@ -16,16 +16,16 @@ target that takes every span gets the whole request's bytes, built once.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind, StatusCode
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import SpanContext
+    from opentelemetry.trace import Link, SpanContext, Status, TraceState
 
 __all__ = ["EncodedBatch", "encode_spans"]
 
@@ -70,24 +70,81 @@ def _text(number: int, value: str) -> bytes:
     return _field(number, value.encode()) if value else b""
 
 
-def _any_value(value: Any) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, bool):
-        return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, str):
-        return _field(1, value.encode())
-    if isinstance(value, int):
-        return b"\x18" + _varint(value & _MASK64)
-    if isinstance(value, float):
-        return b"\x21" + _pack_double(value)
-    if isinstance(value, bytes):
-        return _field(7, value)
-    if isinstance(value, Sequence):
-        return _field(5, b"".join(_field(1, _any_value(item)) for item in value))
-    if isinstance(value, Mapping):
-        return _field(6, b"".join(_field(1, _key_value(str(k), v)) for k, v in value.items()))
+def _bool_value(value: bool) -> bytes:
+    """``AnyValue.bool_value`` (field 2): checked before int, since a bool is an int."""
+    return b"\x10\x01" if value else b"\x10\x00"
+
+
+def _str_value(value: str) -> bytes:
+    """``AnyValue.string_value`` (field 1), UTF-8."""
+    return _field(1, value.encode())
+
+
+def _int_value(value: int) -> bytes:
+    """``AnyValue.int_value`` (field 3): an int64, negatives as their two's complement varint."""
+    return b"\x18" + _varint(value & _MASK64)
+
+
+def _float_value(value: float) -> bytes:
+    """``AnyValue.double_value`` (field 4), fixed 64-bit."""
+    return b"\x21" + _pack_double(value)
+
+
+def _bytes_value(value: bytes) -> bytes:
+    """``AnyValue.bytes_value`` (field 7)."""
+    return _field(7, value)
+
+
+def _array_value(value: Sequence[Any]) -> bytes:
+    """``AnyValue.array_value`` (field 5): an ``ArrayValue`` of each item's ``AnyValue``."""
+    return _field(5, b"".join(_field(1, _any_value(item)) for item in value))
+
+
+def _kvlist_value(value: Mapping[Any, Any]) -> bytes:
+    """``AnyValue.kvlist_value`` (field 6): a ``KeyValueList``, keys as strings."""
+    return _field(6, b"".join(_field(1, _key_value(str(k), v)) for k, v in value.items()))
+
+
+def _no_value(value: None) -> bytes:
+    """``None``: an empty ``AnyValue``."""
+    return b""
+
+
+#: ``AnyValue`` encoders in the order a value's kind is decided (bool before int, str and bytes
+#: before Sequence): what a subclass of these types is encoded as.
+_VALUE_KINDS: tuple[tuple[type, Callable[[Any], bytes]], ...] = (
+    (bool, _bool_value),
+    (str, _str_value),
+    (int, _int_value),
+    (float, _float_value),
+    (bytes, _bytes_value),
+    (Sequence, _array_value),
+    (Mapping, _kvlist_value),
+)
+#: The same encoders by exact type: one dict lookup instead of a chain of isinstance checks per value.
+_VALUE_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    type(None): _no_value,
+    **dict(_VALUE_KINDS[:5]),
+    tuple: _array_value,
+    list: _array_value,
+    dict: _kvlist_value,
+}
+
+
+def _encoder_for(value: Any) -> Callable[[Any], bytes]:
+    """The encoder of a value whose exact type is not in the table (a subclass, a range, a mapping proxy)."""
+    for kind, encode in _VALUE_KINDS:
+        if isinstance(value, kind):
+            return encode
     raise TypeError(f"cannot encode attribute value of type {type(value).__name__}")
+
+
+def _any_value(value: Any) -> bytes:
+    """An ``AnyValue`` message; raises ``TypeError`` for a value OTLP has no kind for."""
+    encode = _VALUE_ENCODERS.get(type(value))
+    if encode is None:
+        encode = _encoder_for(value)
+    return encode(value)
 
 
 def _key_value(key: str, value: Any) -> bytes:
@@ -124,7 +181,46 @@ def _flags(number: int, parent: SpanContext | None) -> bytes:
     return _varint(number << 3 | 5) + _pack_fixed32(flags)
 
 
+def _trace_state(state: TraceState) -> bytes:
+    """``trace_state`` (field 3) in its W3C header form, ``key=value`` pairs comma separated."""
+    return _text(3, ",".join(f"{k}={v}" for k, v in state.items()))
+
+
+def _name(name: str) -> bytes:
+    """``name`` (field 5), kept in :data:`_NAMES`: span names repeat (one per route)."""
+    if len(_NAMES) >= _ATTRIBUTE_CACHE_MAX:
+        _NAMES.clear()
+    encoded = _NAMES[name] = _text(5, name)
+    return encoded
+
+
+def _event(event: Event) -> bytes:
+    """One ``Span.Event`` (field 11): time, name, attributes and their dropped count."""
+    body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
+    body += _text(2, event.name) + _attributes(3, event.attributes) + _count(4, event.dropped_attributes)
+    return _field(11, body)
+
+
+def _link(link: Link) -> bytes:
+    """One ``Span.Link`` (field 13): the linked context, attributes, dropped count and remote flags."""
+    body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
+    body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
+    body += _attributes(4, link.attributes) + _count(5, link.dropped_attributes) + _flags(6, link.context)
+    return _field(13, body)
+
+
+def _status(status: Status | None) -> bytes:
+    """``status`` (field 15); the usual unset status without a description is a constant."""
+    if status is None:
+        return b""
+    code = status.status_code
+    if code is StatusCode.UNSET and not status.description:
+        return _UNSET_STATUS
+    return _field(15, _text(2, status.description or "") + _count(3, code.value))
+
+
 def _span(span: ReadableSpan) -> bytes:
+    """A ``Span`` message, fields in number order (what the SDK's protobuf encoder writes)."""
     context = span.get_span_context()
     assert context is not None
     parts = [
@@ -132,17 +228,13 @@ def _span(span: ReadableSpan) -> bytes:
         b"\x12\x08" + context.span_id.to_bytes(8, "big"),
     ]
     if context.trace_state:
-        parts.append(_text(3, ",".join(f"{k}={v}" for k, v in context.trace_state.items())))
+        parts.append(_trace_state(context.trace_state))
     parent = span.parent
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
     name = span.name
     encoded_name = _NAMES.get(name)
-    if encoded_name is None:
-        if len(_NAMES) >= _ATTRIBUTE_CACHE_MAX:
-            _NAMES.clear()
-        encoded_name = _NAMES[name] = _text(5, name)
-    parts.append(encoded_name)
+    parts.append(_name(name) if encoded_name is None else encoded_name)
     kind = span.kind
     parts.append(_SERVER_KIND if kind is SpanKind.SERVER else b"\x30" + _varint(kind.value + 1))
     if span.start_time:
@@ -152,23 +244,12 @@ def _span(span: ReadableSpan) -> bytes:
     parts.append(_attributes(9, span.attributes))
     parts.append(_count(10, span.dropped_attributes))
     for event in span.events:
-        body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
-        body += _text(2, event.name) + _attributes(3, event.attributes) + _count(4, event.dropped_attributes)
-        parts.append(_field(11, body))
+        parts.append(_event(event))
     parts.append(_count(12, span.dropped_events))
     for link in span.links:
-        body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
-        body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
-        body += _attributes(4, link.attributes) + _count(5, link.dropped_attributes) + _flags(6, link.context)
-        parts.append(_field(13, body))
+        parts.append(_link(link))
     parts.append(_count(14, span.dropped_links))
-    status = span.status
-    if status is not None:
-        code = status.status_code
-        if code is StatusCode.UNSET and not status.description:
-            parts.append(_UNSET_STATUS)
-        else:
-            parts.append(_field(15, _text(2, status.description or "") + _count(3, code.value)))
+    parts.append(_status(span.status))
     parts.append(_flags(16, parent))
     return b"".join(parts)
 
@@ -179,6 +260,14 @@ def _scope_parts(scope: InstrumentationScope | None) -> tuple[bytes, bytes]:
         return _field(1, b""), b""
     head = _field(1, _text(1, scope.name) + _text(2, scope.version or "") + _attributes(3, scope.attributes))
     return head, _text(3, scope.schema_url) if scope.schema_url else b""
+
+
+def _resource_index(resources: list[Resource], resource: Resource) -> int:
+    """``resource``'s index in ``resources``, appended if no equal one is there (once per resource object)."""
+    index = next((i for i, known in enumerate(resources) if known == resource), len(resources))
+    if index == len(resources):
+        resources.append(resource)
+    return index
 
 
 class EncodedBatch:
@@ -206,10 +295,7 @@ class EncodedBatch:
             resource = span.resource
             index = by_id.get(id(resource))
             if index is None:
-                index = next((i for i, known in enumerate(resources) if known == resource), len(resources))
-                if index == len(resources):
-                    resources.append(resource)
-                by_id[id(resource)] = index
+                index = by_id[id(resource)] = _resource_index(resources, resource)
             scope = span.instrumentation_scope or None
             group = scopes_by_id.get((index, id(scope)))
             if group is None:

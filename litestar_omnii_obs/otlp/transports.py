@@ -140,7 +140,19 @@ class Transport(ABC):
         if not self.health.begin():
             self._keep(body, spans)
             return False
-        while self._kept:  # the oldest first; the first attempt of an outage is the probe
+        if not self._send_kept_first(body, spans):
+            return False
+        outcome = self._attempt(body, spans)
+        if outcome is False and not self._kept_was_rejected:
+            self._keep(body, spans)
+        return bool(outcome)
+
+    def _send_kept_first(self, body: bytes, spans: int) -> bool:
+        """Send the kept requests, oldest first, so order holds; ``False`` if ``body`` must wait (kept or counted).
+
+        The first attempt of an outage is the probe: while it fails, ``body`` joins the kept ones.
+        """
+        while self._kept:
             old_body, old_spans = self._kept[0]
             outcome = self._attempt(old_body, old_spans, kept=True)
             if outcome is None:
@@ -154,10 +166,7 @@ class Transport(ABC):
             if not self.health.begin():  # a rate limit on an accepted request: the rest waits
                 self._keep(body, spans)
                 return False
-        outcome = self._attempt(body, spans)
-        if outcome is False and not self._kept_was_rejected:
-            self._keep(body, spans)
-        return bool(outcome)
+        return True
 
     def _attempt(self, body: bytes, spans: int, *, kept: bool = False) -> bool | None:
         """One send, its outcome recorded; ``None`` if the transport was abandoned while it ran.
@@ -222,6 +231,17 @@ class Transport(ABC):
         self._closed = True
 
 
+def _http_headers(headers: Mapping[str, str] | None, basic: str | None, *, gzipped: bool) -> dict[str, str]:
+    """Request headers: ours, then the caller's (which win), then the URL's credentials unless Authorization is set."""
+    result = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT}
+    if gzipped:
+        result["Content-Encoding"] = "gzip"
+    result.update(headers or {})
+    if basic is not None and not any(key.lower() == "authorization" for key in result):
+        result["Authorization"] = basic  # an explicit Authorization header wins
+    return result
+
+
 class HttpTransport(Transport):
     """OTLP/HTTP: a POST of ``application/x-protobuf`` through urllib3 (already here via sentry-sdk).
 
@@ -246,12 +266,7 @@ class HttpTransport(Transport):
         super().__init__(redact_url(url) or url, timeout, probe_interval, max_backoff, max_kept)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._gzip = compression == "gzip"
-        self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT}
-        if self._gzip:
-            self._headers["Content-Encoding"] = "gzip"
-        self._headers.update(headers or {})
-        if basic is not None and not any(key.lower() == "authorization" for key in self._headers):
-            self._headers["Authorization"] = basic  # an explicit Authorization header wins
+        self._headers = _http_headers(headers, basic, gzipped=self._gzip)
         options: dict[str, Any] = {
             "maxsize": 1,
             "block": False,
@@ -295,6 +310,14 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+def _grpc_metadata(headers: Mapping[str, str] | None, basic: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata: the headers with lowercase keys (gRPC requires them), the URL's credentials unless set."""
+    metadata = [(key.lower(), value) for key, value in (headers or {}).items()]
+    if basic is not None and not any(key == "authorization" for key, _ in metadata):
+        metadata.append(("authorization", basic))
+    return tuple(metadata)
+
+
 class GrpcTransport(Transport):
     """OTLP/gRPC: a generic unary call to ``TraceService/Export`` sending the request bytes as they are.
 
@@ -329,10 +352,7 @@ class GrpcTransport(Transport):
         if parts.scheme == "https":
             self._insecure = False
         self._credentials = credentials
-        metadata = [(key.lower(), value) for key, value in (headers or {}).items()]
-        if basic is not None and not any(key == "authorization" for key, _ in metadata):
-            metadata.append(("authorization", basic))
-        self._metadata = tuple(metadata)
+        self._metadata = _grpc_metadata(headers, basic)
         self._compression = grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
         self._lock = threading.Lock()  # a rebuild after UNAVAILABLE vs close() from another thread
         self._channel: Any = None

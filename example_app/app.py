@@ -20,7 +20,6 @@ from litestar.params import FromPath, JSONBody
 
 from litestar_omnii_obs import (
     GraphQueryMetric,
-    ObservabilityConfig,
     ObservabilityPlugin,
     SyncMetric,
     SyncSource,
@@ -70,7 +69,6 @@ async def sync(source: FromPath[str], data: JSONBody[SyncRequest]) -> dict[str, 
     async with timed_operation(f"sync_{source}") as op:
         await asyncio.sleep(0.003)  # stands in for the provider's API
         items = 7
-    assert op.duration is not None
     log_metric(
         SyncMetric(source=cast("SyncSource", source), user_id=data.user_id, duration=op.duration, items_synced=items)
     )
@@ -84,5 +82,5 @@ async def boom() -> None:
 
 app = Litestar(
     route_handlers=[health, get_user, graph_query, sync, boom],
-    plugins=[ObservabilityPlugin(ObservabilityConfig.from_env())],
+    plugins=[ObservabilityPlugin()],  # configured by the environment (ObservabilityConfig.from_env())
 )

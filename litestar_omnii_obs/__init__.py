@@ -14,9 +14,11 @@ from litestar_omnii_obs.records import (
     ApiLatencyMetric,
     GraphQueryMetric,
     Metric,
+    MetricRecord,
     OperationMetric,
     SyncMetric,
     SyncSource,
+    TimedRecord,
 )
 from litestar_omnii_obs.sentry import capture_error
 
@@ -26,6 +28,7 @@ __all__ = [
     "GraphQueryMetric",
     "LatencyConfig",
     "Metric",
+    "MetricRecord",
     "MetricsConfig",
     "ObservabilityConfig",
     "ObservabilityPlugin",
@@ -34,6 +37,7 @@ __all__ = [
     "SyncMetric",
     "SyncSource",
     "TimedOperation",
+    "TimedRecord",
     "TracingConfig",
     "capture_error",
     "flush_metrics",

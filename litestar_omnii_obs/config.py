@@ -21,6 +21,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
+from msgspec.structs import force_setattr
 
 __all__ = [
     "ConfigError",
@@ -41,6 +42,10 @@ Sampler = Literal[
 ]
 Protocol = Literal["grpc", "http/protobuf"]
 SentryTraces = Literal["otlp", "sdk", "off"]
+TracesExporter = Literal["otlp", "console", "none"]
+OtlpExporter = Literal["otlp", "none"]
+#: The environments the package knows; any other ``APP_ENV`` is treated as not production (one start-up warning).
+KNOWN_ENVIRONMENTS = ("production", "development", "test", "staging")
 
 
 class ConfigError(ValueError):
@@ -167,7 +172,18 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     bsp_max_export_batch_size: int = 512
     """Spans per export, at most the queue size (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``)."""
     console: bool = False
-    """With no endpoint, print finished spans to stderr instead (``OMNII_OBS_TRACES_CONSOLE``)."""
+    """With no endpoint, print finished spans to stderr instead (``OMNII_OBS_TRACES_CONSOLE``).
+
+    ``console`` in ``traces_exporter`` sets it too."""
+    traces_exporter: tuple[TracesExporter, ...] = ("otlp",)
+    """``OTEL_TRACES_EXPORTER``: ``otlp`` sends spans to the traces endpoint; ``none`` sends none there
+    (trace ids and ``X-Request-ID`` stay; Sentry's OTLP endpoint still gets its share); ``console``
+    prints them to stderr when they do not go to a collector (as ``console=True``)."""
+    metrics_exporter: tuple[OtlpExporter, ...] = ("otlp",)
+    """``OTEL_METRICS_EXPORTER``: ``otlp`` exports metrics to the metrics endpoint; ``none`` builds no
+    metric exporter at all (no ``MeterProvider``, no export, no export warnings)."""
+    logs_exporter: tuple[OtlpExporter, ...] = ("otlp",)
+    """``OTEL_LOGS_EXPORTER``: accepted (``otlp`` or ``none``) and ignored: the package exports no logs."""
     shutdown_timeout: float = 5.0
     """Seconds the shutdown may spend flushing spans (``OMNII_OBS_SHUTDOWN_TIMEOUT``)."""
     export_timeout: float = 5.0
@@ -178,6 +194,15 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Route OpenTelemetry's global tracer to this app's provider so user spans nest under the request span."""
 
     def __post_init__(self) -> None:
+        for name, exporters in (
+            ("traces_exporter", self.traces_exporter),
+            ("metrics_exporter", self.metrics_exporter),
+            ("logs_exporter", self.logs_exporter),
+        ):
+            if not exporters or ("none" in exporters and len(exporters) > 1):
+                raise ConfigError([(name, ",".join(exporters), "'none' alone, or a non-empty list of exporters")])
+        if "console" in self.traces_exporter and not self.console:
+            force_setattr(self, "console", True)
         if self.bsp_max_export_batch_size > self.bsp_max_queue_size:
             raise ConfigError(
                 [
@@ -191,12 +216,16 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def traces_endpoint(self) -> str | None:
-        """Where spans go: the signal-specific endpoint, else the base one."""
+        """Where spans go: the signal-specific endpoint, else the base one (``None`` without ``otlp`` exporter)."""
+        if "otlp" not in self.traces_exporter:
+            return None
         return self.otlp_traces_endpoint or self.otlp_endpoint
 
     @property
     def metrics_endpoint(self) -> str | None:
-        """Where OTLP metrics go: the signal-specific endpoint, else the base one."""
+        """Where OTLP metrics go: the signal-specific endpoint, else the base one (``None`` with exporter ``none``)."""
+        if "otlp" not in self.metrics_exporter:
+            return None
         return self.otlp_metrics_endpoint or self.otlp_endpoint
 
     def __repr__(self) -> str:
@@ -207,7 +236,8 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
             f"otlp_traces_endpoint={redact_url(self.otlp_traces_endpoint)!r}, "
             f"otlp_metrics_endpoint={redact_url(self.otlp_metrics_endpoint)!r}, otlp_protocol={self.otlp_protocol!r}, "
             f"otlp_headers={headers!r}, sampler={self.sampler!r}, sampler_arg={self.sampler_arg!r}, "
-            f"console={self.console!r}, shutdown_timeout={self.shutdown_timeout!r})"
+            f"console={self.console!r}, traces_exporter={self.traces_exporter!r}, "
+            f"metrics_exporter={self.metrics_exporter!r}, shutdown_timeout={self.shutdown_timeout!r})"
         )
 
     __str__ = __repr__
@@ -252,7 +282,10 @@ class ObservabilityConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the plugin does, in one value. Build it in code or with :meth:`from_env`."""
 
     environment: str = "development"
-    """Deployment environment (``APP_ENV``)."""
+    """Deployment environment (``APP_ENV``): ``production``, ``development``, ``test`` or ``staging``.
+
+    Only ``production`` changes a default (10% trace sampling instead of 100%); any other value
+    is used as the label as is, with one warning at start-up."""
     version: str = "1.0.0"
     """Release / service version (``APP_VERSION``)."""
     service_name: str = "omnii-mcp"
@@ -273,6 +306,20 @@ class ObservabilityConfig(msgspec.Struct, frozen=True, kw_only=True):
     def tracing_active(self) -> bool:
         """Whether requests get spans at all (tracing on and the OpenTelemetry SDK not disabled)."""
         return self.tracing.enabled and not self.tracing.sdk_disabled
+
+    def environment_warning(self) -> str | None:
+        """What an ``environment`` outside :data:`KNOWN_ENVIRONMENTS` selects, as a start-up warning; else ``None``."""
+        if self.environment in KNOWN_ENVIRONMENTS:
+            return None
+        if self.sentry.traces_sample_rate is None:
+            effect = "traces are sampled at 100% by default (production: 10%; SENTRY_TRACES_SAMPLE_RATE is unset)"
+        else:
+            effect = f"trace sampling follows SENTRY_TRACES_SAMPLE_RATE={self.sentry.traces_sample_rate}"
+        return (
+            f"APP_ENV={self.environment!r} is not one of {', '.join(KNOWN_ENVIRONMENTS)}; it is treated as a "
+            f"non-production environment: {effect}. It is still the environment label of metric lines, spans "
+            "and Sentry events. If this is production, set APP_ENV=production."
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ObservabilityConfig:

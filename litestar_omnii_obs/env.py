@@ -19,7 +19,16 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 from sentry_sdk.utils import BadDsn, Dsn
 
-from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, Protocol, Sampler, SentryTraces, redact_url
+from litestar_omnii_obs.config import (
+    ConfigError,
+    ObservabilityConfig,
+    OtlpExporter,
+    Protocol,
+    Sampler,
+    SentryTraces,
+    TracesExporter,
+    redact_url,
+)
 
 __all__ = ["ENV_PREFIX", "VARIABLES", "EnvVar", "display_value", "read_environ"]
 
@@ -105,6 +114,18 @@ def _choice(*choices: str) -> Callable[[str], str]:
         if value not in choices:
             raise _Invalid
         return value
+
+    return parse
+
+
+def _exporters(*choices: str) -> Callable[[str], tuple[str, ...]]:
+    """A comma-separated list of exporter names, as ``OTEL_*_EXPORTER`` (case-insensitive; ``none`` alone)."""
+
+    def parse(value: str) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(n.strip().lower() for n in value.split(",") if n.strip()))
+        if not names or any(n not in choices for n in names) or ("none" in names and len(names) > 1):
+            raise _Invalid
+        return names
 
     return parse
 
@@ -199,6 +220,8 @@ def _sink(value: str) -> str:
 _SAMPLERS: tuple[str, ...] = get_args(Sampler)
 _PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 _SENTRY_TRACES: tuple[str, ...] = get_args(SentryTraces)
+_TRACES_EXPORTERS: tuple[str, ...] = get_args(TracesExporter)
+_OTLP_EXPORTERS: tuple[str, ...] = get_args(OtlpExporter)
 
 _LABEL = "a non-blank label of at most 200 printable characters, without spaces"
 _BOOL = "one of true, false, 1, 0, yes, no, on, off"
@@ -267,6 +290,19 @@ VARIABLES: tuple[EnvVar, ...] = (
         _pairs(lower_keys=True),
         "comma-separated key=value pairs; names of a-z 0-9 - _ . and printable ASCII values",
         "value",
+    ),
+    EnvVar(
+        "OTEL_TRACES_EXPORTER",
+        "tracing.traces_exporter",
+        _exporters(*_TRACES_EXPORTERS),
+        "otlp, console, otlp,console, or none (comma-separated as in the OpenTelemetry spec)",
+    ),
+    EnvVar("OTEL_METRICS_EXPORTER", "tracing.metrics_exporter", _exporters(*_OTLP_EXPORTERS), "otlp or none"),
+    EnvVar(
+        "OTEL_LOGS_EXPORTER",
+        "tracing.logs_exporter",
+        _exporters(*_OTLP_EXPORTERS),
+        "otlp or none (either is accepted; the package exports no logs)",
     ),
     EnvVar("OTEL_TRACES_SAMPLER", "tracing.sampler", _choice(*_SAMPLERS), "one of " + ", ".join(_SAMPLERS)),
     EnvVar("OTEL_TRACES_SAMPLER_ARG", "tracing.sampler_arg", _float(0.0, 1.0), "a number in [0.0, 1.0]"),
@@ -352,6 +388,8 @@ def read_environ(environ: Mapping[str, str]) -> tuple[ObservabilityConfig, dict[
         problems.append((name, environ[name], f"export batch size ({batch}) at most the queue size ({queue})"))
     if problems:
         raise ConfigError(problems)
+    if "console" in values.get("tracing.traces_exporter", ()):
+        sources["tracing.console"] = "OTEL_TRACES_EXPORTER"  # it turns the console exporter on
     unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in BY_NAME)
     if unknown:
         known = sorted(name for name in BY_NAME if name.startswith(ENV_PREFIX))

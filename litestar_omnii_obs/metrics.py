@@ -18,8 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from litestar_omnii_obs import runtime
-from litestar_omnii_obs.records import Metric, OperationMetric, milliseconds
-from litestar_omnii_obs.records import _Record as _RecordBase
+from litestar_omnii_obs.records import MetricRecord, OperationMetric, milliseconds
 
 __all__ = [
     "TimedOperation",
@@ -29,25 +28,28 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 _P = ParamSpec("_P")
 
 
-def log_metric(metric: Metric) -> None:
+def log_metric(metric: MetricRecord) -> None:
     """Write ``metric`` as one JSON line with timestamp, service, environment and trace ids.
 
     Goes to the sink of the app this code runs in. Never blocks the event loop. Graph-query
-    and sync records also feed their OpenTelemetry histograms.
+    and sync records also feed their OpenTelemetry histograms. ``metric`` is one of the
+    package's records or your own subclass of :class:`~litestar_omnii_obs.MetricRecord` or
+    :class:`~litestar_omnii_obs.TimedRecord`.
 
     Raises:
-        TypeError: ``metric`` is not a metric record (a ``msgspec.Struct`` subclass of the records'
-            base, such as :class:`~litestar_omnii_obs.ApiLatencyMetric`); nothing is written then.
+        TypeError: ``metric`` is not a metric record (an instance of a
+            :class:`~litestar_omnii_obs.MetricRecord` subclass); nothing is written then.
             Nothing else raises here: a failing sink is reported once, and a record that cannot be
             encoded is dropped in the writer thread, counted and logged once per record type.
     """
-    if not isinstance(metric, _RecordBase):
+    if not isinstance(metric, MetricRecord):
         raise TypeError(
-            "log_metric expects a metric record (a subclass of litestar_omnii_obs records' base, "
-            f"e.g. ApiLatencyMetric), got {type(metric).__name__}"
+            "log_metric expects a metric record (an instance of a litestar_omnii_obs.MetricRecord "
+            f"subclass, e.g. ApiLatencyMetric), got {type(metric).__name__}"
         )
     runtime.current().record(metric)
 
@@ -61,20 +63,35 @@ def flush_metrics() -> None:
 class TimedOperation(Generic[_T]):
     """Times awaited work; use as ``async with``, as a decorator, or ``await`` it.
 
-    ``duration`` (milliseconds) is set when the work ends. A failure is recorded with
+    ``duration`` (milliseconds) can be read once the work has ended. A failure is recorded with
     ``outcome="error"`` and the exception's type name, then re-raised unchanged.
     """
 
-    __slots__ = ("_runtime", "_span", "_start", "_token", "duration", "name", "operation")
+    __slots__ = ("_duration", "_runtime", "_span", "_start", "_token", "name", "operation")
 
     def __init__(self, name: str, operation: Callable[[], Awaitable[_T]] | Awaitable[_T] | None = None) -> None:
         self.name = name
         self.operation = operation
-        self.duration: float | None = None
+        self._duration: float | None = None
         self._start = 0.0
         self._span: trace.Span | None = None
         self._token: object = None
         self._runtime: runtime.Runtime | None = None
+
+    @property
+    def duration(self) -> float:
+        """Milliseconds the work took (3 decimals), readable after it ended (after the ``async with`` block).
+
+        Raises:
+            RuntimeError: read before the work ended.
+        """
+        duration = self._duration
+        if duration is None:
+            raise RuntimeError(
+                f"timed_operation({self.name!r}).duration was read before the operation ended; "
+                "read it after the `async with` block"
+            )
+        return duration
 
     async def __aenter__(self) -> TimedOperation[_T]:
         current = self._runtime = runtime.current()
@@ -91,7 +108,7 @@ class TimedOperation(Generic[_T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        duration = self.duration = milliseconds(time.perf_counter() - self._start)
+        duration = self._duration = milliseconds(time.perf_counter() - self._start)
         span = self._span
         if span is not None:
             otel_context.detach(self._token)  # type: ignore[arg-type]
@@ -109,13 +126,16 @@ class TimedOperation(Generic[_T]):
         current.record(metric, None if span is None else span.get_span_context())
         current.operation_done(self.name, duration, exc)
 
-    def __call__(self, func: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
-        """Decorate an async function so that every call is timed under this name."""
+    def __call__(self, func: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+        """Decorate an async function so that every call is timed under this name.
+
+        The decorated function keeps its parameters and return type (for type checkers too).
+        """
         name = self.name
 
         @functools.wraps(func)
-        async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-            async with TimedOperation[_T](name):
+        async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            async with TimedOperation[_R](name):
                 return await func(*args, **kwargs)
 
         return wrapper
@@ -129,7 +149,6 @@ class TimedOperation(Generic[_T]):
             raise TypeError("await timed_operation(name, operation) needs an operation to await")
         async with self:
             result = await (operation if not callable(operation) else operation())
-        assert self.duration is not None
         return result, self.duration
 
 

@@ -1,4 +1,4 @@
-"""The one-line integration: ``plugins=[ObservabilityPlugin(ObservabilityConfig.from_env())]``."""
+"""The one-line integration: ``plugins=[ObservabilityPlugin()]`` (the config read from the environment)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,16 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
     Nothing the user set is replaced. The SDKs start in the lifespan, so each worker
     process initialises its own after a fork. Everything the lifespan starts belongs to
     this instance: two apps in one process keep their own sinks, labels and providers.
+
+    ``ObservabilityPlugin()`` reads the environment (:meth:`ObservabilityConfig.from_env`, so an
+    invalid variable raises :class:`~litestar_omnii_obs.ConfigError` here);
+    ``ObservabilityPlugin(ObservabilityConfig())`` uses the defaults alone.
     """
 
     __slots__ = ("config", "observer", "runtime")
 
     def __init__(self, config: ObservabilityConfig | None = None) -> None:
-        self.config = config if config is not None else ObservabilityConfig()
+        self.config = config if config is not None else ObservabilityConfig.from_env()
         self.observer = RequestObserver(self.config)
         self.runtime: runtime.Runtime | None = None
         """What this app started (writer, tracer provider, Sentry reporter) while it runs; else ``None``."""
@@ -69,6 +73,9 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
         """
         config = self.config
         capture = runtime.active_capture()
+        environment_warning = config.environment_warning()
+        if environment_warning is not None:
+            _logger.warning("%s", environment_warning)
         app_runtime = runtime.Runtime(config, MetricWriter(config))
         app_runtime.writer.start()  # here, so no request pays for starting the thread
         async with AsyncExitStack() as stack:
@@ -82,25 +89,7 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
                 app_runtime.sentry = reporter
                 stack.push_async_callback(_close_sentry, reporter)
                 app_runtime.operation_observers.append(sentry.breadcrumb)
-            telemetry = None
-            if config.tracing_active:
-                processor = None if reporter is None else reporter.span_processor()
-                telemetry = tracing.setup_telemetry(
-                    config,
-                    [processor] if processor else [],
-                    None if capture is None else capture.span_exporter(),
-                    None if reporter is None or config.sentry.traces != "otlp" else config.sentry.dsn,
-                )
-                stack.push_async_callback(telemetry.shutdown)
-                app_runtime.tracer = telemetry.tracer
-                app_runtime.tracer_provider = telemetry.tracer_provider
-                telemetry.pending_lines = app_runtime.writer.pending
-                if telemetry.records_metrics:
-                    app_runtime.operation_observers.append(telemetry.record_operation)
-                    app_runtime.metric_observers.append(telemetry.record_metric)
-                stack.callback(shared.log_correlation.acquire())
-            elif config.tracing.enabled:
-                _logger.warning("OTEL_SDK_DISABLED is set: no spans and no OTLP export (latency records stay)")
+            telemetry = self._start_telemetry(app_runtime, stack, reporter, capture)
             self.observer.bind(app_runtime, telemetry)
             stack.callback(self.observer.bind, None, None)
             runtime.enter(app_runtime)
@@ -108,6 +97,37 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
             self.runtime = app_runtime
             stack.callback(setattr, self, "runtime", None)
             yield
+
+    @staticmethod
+    def _start_telemetry(
+        app_runtime: runtime.Runtime,
+        stack: AsyncExitStack,
+        reporter: sentry.SentryReporter | None,
+        capture: runtime.Capture | None,
+    ) -> tracing.Telemetry | None:
+        """The app's providers (when tracing is on), their observers, and their shutdown on ``stack``."""
+        config = app_runtime.config
+        if not config.tracing_active:
+            if config.tracing.enabled:
+                _logger.warning("OTEL_SDK_DISABLED is set: no spans and no OTLP export (latency records stay)")
+            return None
+        processor = None if reporter is None else reporter.span_processor()
+        telemetry = tracing.setup_telemetry(
+            config,
+            [processor] if processor else [],
+            None if capture is None else capture.span_exporter(),
+            # A captured test sends nothing to Sentry, spans included, whatever DSN the environment holds.
+            None if reporter is None or capture is not None or config.sentry.traces != "otlp" else config.sentry.dsn,
+        )
+        stack.push_async_callback(telemetry.shutdown)
+        app_runtime.tracer = telemetry.tracer
+        app_runtime.tracer_provider = telemetry.tracer_provider
+        telemetry.pending_lines = app_runtime.writer.pending
+        if telemetry.records_metrics:
+            app_runtime.operation_observers.append(telemetry.record_operation)
+            app_runtime.metric_observers.append(telemetry.record_metric)
+        stack.callback(shared.log_correlation.acquire())
+        return telemetry
 
     @staticmethod
     async def _close_writer(app_runtime: runtime.Runtime) -> None:

@@ -30,13 +30,13 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from sentry_sdk.transport import Transport
 
-    from litestar_omnii_obs.records import Metric
+    from litestar_omnii_obs.records import MetricRecord
     from litestar_omnii_obs.sentry import SentryReporter
 
 __all__ = ["Capture", "Runtime", "current", "install_capture"]
 
 OperationObserver = Callable[[str, float, "BaseException | None"], None]
-MetricObserver = Callable[["Metric"], None]
+MetricObserver = Callable[["MetricRecord"], None]
 #: Takes one request's latency record: route, method, status, seconds, error type, trace id (hex), span id.
 LatencyRecorder = Callable[[str, str, int, float, "str | None", bytes, int], None]
 
@@ -44,7 +44,7 @@ LatencyRecorder = Callable[[str, str, int, float, "str | None", bytes, int], Non
 class Capture(Protocol):
     """In-memory sinks that replace an app's real ones (the pytest plugin provides one)."""
 
-    def on_metric(self, metric: Metric) -> None: ...
+    def on_metric(self, metric: MetricRecord) -> None: ...
 
     def span_exporter(self) -> SpanExporter: ...
 
@@ -82,7 +82,7 @@ class Runtime:
         #: breadcrumbs, or this app's context while several apps run (kept by :func:`enter` and :func:`leave`).
         self.per_request = False
 
-    def record(self, metric: Metric, context: trace.SpanContext | None = None) -> None:
+    def record(self, metric: MetricRecord, context: trace.SpanContext | None = None) -> None:
         """Write ``metric`` with ``context``'s ids (default: the current span's) and tell the observers."""
         if context is None:
             context = trace.get_current_span().get_span_context()

@@ -33,14 +33,14 @@ import msgspec
 from opentelemetry.trace import INVALID_SPAN_ID
 
 from litestar_omnii_obs.config import ObservabilityConfig
-from litestar_omnii_obs.records import ApiLatencyMetric, Metric, milliseconds
+from litestar_omnii_obs.records import ApiLatencyMetric, MetricRecord, milliseconds
 
 __all__ = ["MetricWriter"]
 
 _logger = logging.getLogger("litestar_omnii_obs")
 
 #: A typed record: (wall time, record, trace id, span id).
-_Record = tuple[float, Metric, int, int]
+_Record = tuple[float, MetricRecord, int, int]
 #: A latency record queued without building the typed record:
 #: (wall time, route, method, status, seconds, error, trace id as 32 hex digits, span id).
 _Latency = tuple[float, str, str, int, float, str | None, bytes, int]
@@ -131,7 +131,7 @@ class MetricWriter:
         if not self.off:
             self._start()
 
-    def submit(self, metric: Metric, trace_id: int, span_id: int) -> None:
+    def submit(self, metric: MetricRecord, trace_id: int, span_id: int) -> None:
         """Queue one record with its trace ids; never blocks or raises."""
         if self._accepts():
             self._queue.append((time.time(), metric, trace_id, span_id))

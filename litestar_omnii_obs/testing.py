@@ -14,15 +14,16 @@ OpenTelemetry's own ``InMemorySpanExporter``, and Sentry events through a sentry
 ``Transport`` that keeps them (after the same scrubbing as real events). The request
 hooks, the scrubber and the span code are the package's real ones; only where the data
 ends up differs. Sentry is on in captured apps even without a DSN, and spans are
-recorded by the app's sampler even without a collector. Nothing is sent over the network
-unless the app's config says so.
+recorded by the app's sampler even without a collector. Nothing goes to Sentry (events nor
+spans), even with a ``SENTRY_DSN`` in the environment ``ObservabilityPlugin()`` reads; spans
+and metrics go to a collector only if the app's config names one.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import pytest
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -30,7 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sentry_sdk.transport import Transport
 
 from litestar_omnii_obs import runtime
-from litestar_omnii_obs.records import Metric
+from litestar_omnii_obs.records import MetricRecord
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ObservabilityCapture", "obs_capture"]
 
-_M = TypeVar("_M", bound=Metric)
+R = TypeVar("R", bound=MetricRecord)
 
 
 class _Forward(SpanExporter):
@@ -70,20 +71,27 @@ class ObservabilityCapture:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._metrics: list[Metric] = []
+        self._metrics: list[MetricRecord] = []
         self._events: list[dict[str, Any]] = []
         self._spans = InMemorySpanExporter()
 
     # ------------------------------------------------------------------ what tests read
 
     @property
-    def metrics(self) -> list[Metric]:
-        """Every metric record, in the order they were made (``api_latency`` included)."""
+    def metrics(self) -> list[MetricRecord]:
+        """Every metric record, in the order they were made (``api_latency`` and your own records included)."""
         with self._lock:
             return list(self._metrics)
 
-    def records(self, kind: type[_M]) -> list[_M]:
-        """The records of one type, e.g. ``records(GraphQueryMetric)``."""
+    @overload
+    def records(self) -> list[MetricRecord]: ...
+    @overload
+    def records(self, kind: type[R]) -> list[R]: ...
+    def records(self, kind: type[MetricRecord] = MetricRecord) -> list[Any]:
+        """The records of one type, typed as it: ``records(GraphQueryMetric)``, ``records(CacheLookup)``.
+
+        Subclasses of ``kind`` are included; with no argument, every record (as :attr:`metrics`).
+        """
         return [metric for metric in self.metrics if isinstance(metric, kind)]
 
     @property
@@ -114,7 +122,7 @@ class ObservabilityCapture:
 
     # ------------------------------------------------------------------ what apps call
 
-    def on_metric(self, metric: Metric) -> None:
+    def on_metric(self, metric: MetricRecord) -> None:
         with self._lock:
             self._metrics.append(metric)
 

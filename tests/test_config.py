@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from litestar_omnii_obs import ConfigError, ObservabilityConfig, SentryConfig
+from litestar_omnii_obs import ConfigError, ObservabilityConfig, SentryConfig, TracingConfig
 
 DSN = "https://abcdef0123456789@o1.ingest.example.invalid/42"
 
@@ -120,6 +120,12 @@ BAD_VALUES = [
     ("OMNII_OBS_SENTRY_FLUSH_TIMEOUT", "-1", "a number in"),
     ("OMNII_OBS_TRACING", "enable", "true, false"),
     ("OMNII_OBS_SHUTDOWN_TIMEOUT", "forever", "a number in"),
+    ("OTEL_TRACES_EXPORTER", "zipkin", "otlp, console, otlp,console, or none"),
+    ("OTEL_TRACES_EXPORTER", "otlp,none", "otlp, console, otlp,console, or none"),
+    ("OTEL_TRACES_EXPORTER", ",", "otlp, console, otlp,console, or none"),
+    ("OTEL_METRICS_EXPORTER", "prometheus", "otlp or none"),
+    ("OTEL_METRICS_EXPORTER", "console", "otlp or none"),
+    ("OTEL_LOGS_EXPORTER", "console", "otlp or none"),
 ]
 
 
@@ -134,6 +140,65 @@ def test_bad_value_names_variable_value_and_what_is_allowed(name: str, value: st
     if name not in ("SENTRY_DSN", "OTEL_EXPORTER_OTLP_HEADERS"):  # secrets are never echoed
         assert repr(value) in message
     assert [p[0] for p in info.value.problems] == [name]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "parsed"),
+    [
+        ("OTEL_TRACES_EXPORTER", "otlp", "traces_exporter", ("otlp",)),
+        ("OTEL_TRACES_EXPORTER", "none", "traces_exporter", ("none",)),
+        ("OTEL_TRACES_EXPORTER", "console", "traces_exporter", ("console",)),
+        ("OTEL_TRACES_EXPORTER", " OTLP , console,otlp", "traces_exporter", ("otlp", "console")),
+        ("OTEL_METRICS_EXPORTER", "otlp", "metrics_exporter", ("otlp",)),
+        ("OTEL_METRICS_EXPORTER", "None", "metrics_exporter", ("none",)),
+        ("OTEL_LOGS_EXPORTER", "otlp", "logs_exporter", ("otlp",)),
+        ("OTEL_LOGS_EXPORTER", "none", "logs_exporter", ("none",)),
+    ],
+)
+def test_exporter_variables_accept_otlp_and_none(name: str, value: str, field: str, parsed: tuple[str, ...]) -> None:
+    config = ObservabilityConfig.from_env({name: value, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
+    assert getattr(config.tracing, field) == parsed
+
+
+def test_exporter_none_turns_its_endpoint_off() -> None:
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
+    default = ObservabilityConfig.from_env(endpoint).tracing
+    assert (default.traces_endpoint, default.metrics_endpoint) == ("http://collector:4317", "http://collector:4317")
+    no_metrics = ObservabilityConfig.from_env({**endpoint, "OTEL_METRICS_EXPORTER": "none"}).tracing
+    assert (no_metrics.traces_endpoint, no_metrics.metrics_endpoint) == ("http://collector:4317", None)
+    no_traces = ObservabilityConfig.from_env({**endpoint, "OTEL_TRACES_EXPORTER": "none"}).tracing
+    assert (no_traces.traces_endpoint, no_traces.metrics_endpoint, no_traces.console) == (
+        None,
+        "http://collector:4317",
+        False,
+    )
+    console = ObservabilityConfig.from_env({**endpoint, "OTEL_TRACES_EXPORTER": "console"}).tracing
+    assert (console.traces_endpoint, console.console) == (None, True)
+    logs_off = ObservabilityConfig.from_env({**endpoint, "OTEL_LOGS_EXPORTER": "none"}).tracing
+    assert (logs_off.traces_endpoint, logs_off.metrics_endpoint) == ("http://collector:4317", "http://collector:4317")
+
+
+def test_exporter_lists_in_code_are_validated() -> None:
+    with pytest.raises(ConfigError, match="metrics_exporter"):
+        TracingConfig(metrics_exporter=())
+    with pytest.raises(ConfigError, match="traces_exporter"):
+        TracingConfig(traces_exporter=("otlp", "none"))
+    assert TracingConfig(traces_exporter=("console",)).console is True
+
+
+@pytest.mark.parametrize(
+    ("environment", "warned"),
+    [("production", False), ("development", False), ("test", False), ("staging", False), ("prod", True)],
+)
+def test_environment_warning_names_what_an_unknown_app_env_selects(environment: str, warned: bool) -> None:
+    warning = ObservabilityConfig(environment=environment).environment_warning()
+    assert (warning is not None) == warned
+    if warning is not None:
+        assert "APP_ENV='prod' is not one of production, development, test, staging" in warning
+        assert "non-production" in warning
+        assert "100%" in warning
+    explicit = ObservabilityConfig(environment="prod", sentry=SentryConfig(traces_sample_rate=0.2))
+    assert "SENTRY_TRACES_SAMPLE_RATE=0.2" in (explicit.environment_warning() or "")
 
 
 def test_all_bad_variables_are_reported_at_once() -> None:

@@ -155,3 +155,39 @@ def test_metrics_over_http_reach_v1_metrics(clean_environ: pytest.MonkeyPatch) -
         points = receiver.wait_for_metric("http.server.request.duration")
     assert points
     assert {p.attributes["url.scheme"] for p in points} == {"http"}
+
+
+def test_metrics_exporter_none_sends_no_metric_while_spans_still_go(
+    clean_environ: pytest.MonkeyPatch, obs_log: list[logging.LogRecord]
+) -> None:
+    with OtlpReceiver() as receiver:
+        plugin = run({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRICS_EXPORTER": "none"})
+        spans = receiver.wait_for_spans(3)
+        signals = {request.signal for request in receiver.requests()}
+    assert [s.name for s in spans] == ["GET /ping"] * 3
+    assert signals == {"traces"}  # the shutdown exported its spans; no metric request ever came
+    assert receiver.metric_points(include_rejected=True) == []
+    assert not [r for r in obs_log if "metric" in r.getMessage().lower() and r.levelno >= logging.WARNING]
+    assert plugin.runtime is None
+
+
+def test_traces_exporter_none_sends_no_span_but_ids_and_metrics_stay(
+    clean_environ: pytest.MonkeyPatch, obs_log: list[logging.LogRecord]
+) -> None:
+    with OtlpReceiver() as receiver:
+        config = ObservabilityConfig.from_env(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_TRACES_EXPORTER": "none",
+                "OMNII_OBS_METRICS_SINK": "off",
+            }
+        )
+        with TestClient(Litestar(route_handlers=[ping], plugins=[ObservabilityPlugin(config)])) as client:
+            response = client.get("/ping")
+        points = receiver.wait_for_metric("http.server.request.duration")  # metrics still go (at shutdown)
+        signals = {request.signal for request in receiver.requests()}
+    assert len(response.headers["x-request-id"]) == 32
+    assert points
+    assert signals == {"metrics"}
+    assert receiver.spans(include_rejected=True) == []
+    assert not [r for r in obs_log if "OTEL_EXPORTER_OTLP_ENDPOINT" in r.getMessage()]  # it is set; none was asked

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -20,17 +21,22 @@ from litestar_omnii_obs import (
     ApiLatencyMetric,
     GraphQueryMetric,
     Metric,
+    MetricRecord,
     MetricsConfig,
     ObservabilityConfig,
     ObservabilityPlugin,
     OperationMetric,
     SyncMetric,
+    TimedRecord,
     flush_metrics,
     log_metric,
     timed_operation,
 )
 from litestar_omnii_obs.records import milliseconds
+from litestar_omnii_obs.testing import ObservabilityCapture
 from tests.conftest import read_lines, running_app
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -171,6 +177,158 @@ async def test_failed_operation_is_recorded_and_its_exception_re_raised_unchange
     flush_metrics()
     [line] = read_lines(metrics_file)
     assert (line["operation"], line["outcome"], line["error"]) == ("graph_query", "error", "LookupError")
+
+
+@pytest.mark.asyncio
+async def test_duration_is_a_float_after_the_block_and_an_error_before() -> None:
+    async with timed_operation("block") as op:
+        with pytest.raises(RuntimeError, match=r"timed_operation\('block'\)\.duration was read before"):
+            _ = op.duration
+    assert isinstance(op.duration, float)
+
+
+# --------------------------------------------------------------------------- your own records
+
+
+class CacheLookup(TimedRecord, tag="cache_lookup"):
+    hit: bool
+
+
+class Signup(MetricRecord, tag="signup"):
+    plan: str
+
+
+@get("/cached")
+async def cached() -> str:
+    async with timed_operation("cache_get") as op:
+        await asyncio.sleep(0)
+    log_metric(CacheLookup(duration=op.duration, hit=True))
+    log_metric(CacheLookup(duration=1.23456, hit=False))
+    log_metric(Signup(plan="pro"))
+    return "ok"
+
+
+@pytest.mark.asyncio
+async def test_a_users_own_records_are_written_and_captured_typed(
+    sink: Path, obs_capture: ObservabilityCapture
+) -> None:
+    config = ObservabilityConfig(service_name="svc", metrics=MetricsConfig(sink=str(sink)))
+    async with AsyncTestClient(Litestar(route_handlers=[cached], plugins=[ObservabilityPlugin(config)])) as client:
+        assert (await client.get("/cached")).text == "ok"
+
+    first, second = obs_capture.records(CacheLookup)
+    assert (first.hit, second) == (True, CacheLookup(duration=1.235, hit=False))  # rounded like ours
+    assert obs_capture.records(Signup) == [Signup(plan="pro")]
+    assert [type(r) for r in obs_capture.records()] == [
+        OperationMetric,
+        CacheLookup,
+        CacheLookup,
+        Signup,
+        ApiLatencyMetric,
+    ]
+    lines = [line for line in read_lines(sink) if line["metric"] in ("cache_lookup", "signup")]
+    assert [line["metric"] for line in lines] == ["cache_lookup", "cache_lookup", "signup"]
+    assert lines[1] | {"timestamp": None, "trace_id": None, "span_id": None} == {
+        "metric": "cache_lookup",
+        "hit": False,
+        "duration": 1.235,
+        "timestamp": None,
+        "service": "svc",
+        "environment": "development",
+        "trace_id": None,
+        "span_id": None,
+    }
+    raw = next(line for line in sink.read_bytes().splitlines() if b"cache_lookup" in line)
+    assert raw.startswith(b'{"metric":"cache_lookup",')
+
+
+def test_a_users_record_is_frozen_and_keyword_only_like_ours() -> None:
+    record = CacheLookup(duration=2.0, hit=True)
+    with pytest.raises(AttributeError):
+        record.hit = False  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        CacheLookup(2.0, True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="MetricRecord"):
+        log_metric({"metric": "cache_lookup"})  # type: ignore[arg-type]
+
+
+USER_MODULE = """
+    from __future__ import annotations
+
+    from litestar_omnii_obs import MetricRecord, TimedRecord, log_metric, timed_operation
+    from litestar_omnii_obs.testing import ObservabilityCapture
+
+
+    class CacheLookup(TimedRecord, tag="cache_lookup"):
+        hit: bool
+
+
+    class Signup(MetricRecord, tag="signup"):
+        plan: str
+
+
+    @timed_operation("lookup")
+    async def lookup(key: str, *, fresh: bool = False) -> int:
+        return len(key)
+
+
+    async def handler(capture: ObservabilityCapture) -> None:
+        log_metric(CacheLookup(duration=1.0, hit=True))
+        log_metric(Signup(plan="pro"))
+        size: int = await lookup("k", fresh=True)
+        async with timed_operation("block") as op:
+            pass
+        ms: float = op.duration
+        log_metric(CacheLookup(duration=op.duration, hit=size > 0))
+        lookups: list[CacheLookup] = capture.records(CacheLookup)
+        hit: bool = lookups[0].hit
+        every: list[MetricRecord] = capture.records()
+        result, took = await timed_operation("awaited", lookup("x"))
+        total: int = result
+        elapsed: float = took
+        print(ms, hit, every, total, elapsed)
+"""
+
+MISTAKES = """
+    from litestar_omnii_obs import timed_operation
+
+
+    @timed_operation("lookup")
+    async def lookup(key: str) -> int:
+        return len(key)
+
+
+    async def handler() -> None:
+        text: str = await lookup("k")
+        await lookup(1)
+        async with timed_operation("block") as op:
+            pass
+        nothing: None = op.duration
+        print(text, nothing)
+"""
+
+
+def _mypy_strict(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    module = tmp_path / "user_module.py"
+    module.write_text(textwrap.dedent(source))
+    command = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--config-file", "", str(module)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
+
+
+def test_a_users_code_type_checks_with_mypy_strict(tmp_path: Path) -> None:
+    done = _mypy_strict(tmp_path, USER_MODULE)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy_sees_the_decorated_signature_and_the_duration_type(tmp_path: Path) -> None:
+    done = _mypy_strict(tmp_path, MISTAKES)
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line.split(": error: ", 1)[1] for line in done.stdout.splitlines() if ": error: " in line]
+    assert errors == [
+        'Incompatible types in assignment (expression has type "int", variable has type "str")  [assignment]',
+        'Argument 1 to "lookup" has incompatible type "int"; expected "str"  [arg-type]',
+        'Incompatible types in assignment (expression has type "float", variable has type "None")  [assignment]',
+    ]
 
 
 @pytest.mark.asyncio

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -9,11 +11,13 @@ from pathlib import Path
 import pytest
 from litestar import Litestar, get
 from litestar.middleware import DefineMiddleware
-from litestar.testing import AsyncTestClient
+from litestar.testing import AsyncTestClient, TestClient
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin
+from litestar_omnii_obs import ConfigError, MetricsConfig, ObservabilityConfig, ObservabilityPlugin
+from litestar_omnii_obs.testing import ObservabilityCapture
 from tests.conftest import read_lines
+from tests.peers.sentry_ingest import SentryIngest
 
 
 @get("/ping")
@@ -26,7 +30,77 @@ def test_plugin_is_hashable_and_keeps_its_config() -> None:
     plugin = ObservabilityPlugin(config)
     assert plugin.config is config
     assert len({plugin, ObservabilityPlugin(config)}) == 2
+
+
+@pytest.fixture
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No variable the package reads is set (whatever the shell running the tests has)."""
+    for name in list(os.environ):
+        if name.startswith(("OTEL_", "SENTRY_", "OMNII_OBS_", "APP_")):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_plugin_without_a_config_reads_the_environment(clean_environ: pytest.MonkeyPatch) -> None:
     assert ObservabilityPlugin().config == ObservabilityConfig()
+    with SentryIngest() as ingest:
+        clean_environ.setenv("SENTRY_DSN", ingest.dsn)
+        clean_environ.setenv("APP_ENV", "production")
+        clean_environ.setenv("OTEL_SERVICE_NAME", "x")
+        config = ObservabilityPlugin().config
+    assert (config.sentry.dsn, config.environment, config.service_name) == (ingest.dsn, "production", "x")
+    assert config == ObservabilityConfig.from_env()
+    # A config passed in is used as it is: the defaults stay the defaults.
+    assert ObservabilityPlugin(ObservabilityConfig()).config == ObservabilityConfig()
+
+
+def test_plugin_without_a_config_rejects_an_invalid_environment(clean_environ: pytest.MonkeyPatch) -> None:
+    clean_environ.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+    with pytest.raises(ConfigError, match="OTEL_METRICS_EXPORTER='prometheus': otlp or none"):
+        ObservabilityPlugin()
+
+
+def test_a_captured_app_sends_nothing_to_the_sentry_dsn_of_the_environment(
+    clean_environ: pytest.MonkeyPatch, obs_capture: ObservabilityCapture
+) -> None:
+    @get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    with SentryIngest() as ingest:
+        clean_environ.setenv("SENTRY_DSN", ingest.dsn)
+        clean_environ.setenv("OMNII_OBS_METRICS_SINK", "off")
+        with TestClient(Litestar(route_handlers=[ping, boom], plugins=[ObservabilityPlugin()])) as client:
+            assert client.get("/ping").status_code == 200
+            assert client.get("/boom").status_code == 500
+        assert ingest.requests_received == 0  # neither the event nor the spans (Sentry's OTLP endpoint)
+    assert len(obs_capture.sentry_events) == 1
+    assert {span.name for span in obs_capture.spans} == {"GET /ping", "GET /boom"}
+
+
+@pytest.mark.parametrize("environment", ["prod", "Production"])
+def test_an_unknown_app_env_is_warned_about_once_at_start_up(
+    obs_log: list[logging.LogRecord], environment: str
+) -> None:
+    config = ObservabilityConfig.from_env({"APP_ENV": environment, "OMNII_OBS_METRICS_SINK": "off"})
+    with TestClient(Litestar(route_handlers=[ping], plugins=[ObservabilityPlugin(config)])) as client:
+        client.get("/ping")
+        client.get("/ping")
+    warnings = [r.getMessage() for r in obs_log if "APP_ENV" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        f"APP_ENV={environment!r} is not one of production, development, test, staging; "
+        "it is treated as a non-production environment: traces are sampled at 100% by default"
+    )
+    assert [r.levelno for r in obs_log if "APP_ENV" in r.getMessage()] == [logging.WARNING]
+
+
+@pytest.mark.parametrize("environment", ["production", "development", "test", "staging"])
+def test_a_known_app_env_is_not_warned_about(obs_log: list[logging.LogRecord], environment: str) -> None:
+    config = ObservabilityConfig.from_env({"APP_ENV": environment, "OMNII_OBS_METRICS_SINK": "off"})
+    with TestClient(Litestar(route_handlers=[ping], plugins=[ObservabilityPlugin(config)])):
+        pass
+    assert not [r for r in obs_log if "APP_ENV" in r.getMessage()]
 
 
 @pytest.mark.asyncio

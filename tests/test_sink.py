@@ -34,20 +34,20 @@ from litestar_omnii_obs import (
     log_metric,
     runtime,
 )
-from litestar_omnii_obs.records import _Record
+from litestar_omnii_obs.records import MetricRecord
 from litestar_omnii_obs.sink import MetricWriter
 from tests.conftest import read_lines, running_app, wait_until
 
 PIPE_BUF = select.PIPE_BUF
 
 
-class OpaqueMetric(_Record, frozen=True, kw_only=True, tag="opaque"):
+class OpaqueMetric(MetricRecord, frozen=True, kw_only=True, tag="opaque"):
     """A user's record with a field msgspec cannot encode when it holds an arbitrary object."""
 
     payload: Any
 
 
-class OtherOpaqueMetric(_Record, frozen=True, kw_only=True, tag="other_opaque"):
+class OtherOpaqueMetric(MetricRecord, frozen=True, kw_only=True, tag="other_opaque"):
     payload: object
 
 

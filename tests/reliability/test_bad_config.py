@@ -148,6 +148,13 @@ BAD_BY_KIND: dict[tuple[str, ...], tuple[str, ...]] = {
         "h2",
     ),
     ("OTEL_RESOURCE_ATTRIBUTES",): ("novalue", "=v", "a=b,c", "k=\u00e9\u00e9"),
+    ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER"): (
+        "zipkin",
+        "jaeger",
+        "otlp,none",
+        "prometheus",
+        "1",
+    ),
 }
 
 

@@ -84,6 +84,28 @@ def redact_url(url: str | None) -> str | None:
     return parts._replace(netloc=f"***@{host}").geturl()
 
 
+def redacted_repr(config: msgspec.Struct, section: str) -> str:
+    """``Name(field=value, ...)`` over every field, secrets hidden by the variable table's rule for each.
+
+    One rule for every config struct (``repr()``, ``str()``, logs): a URL shows without its
+    credentials, a header keeps its name and hides its value, any other secret is ``***``.
+    """
+    from litestar_omnii_obs.env import BY_FIELD, display_value  # the table imports this module
+
+    shown: list[str] = []
+    for name in config.__struct_fields__:
+        value = getattr(config, name)
+        var = BY_FIELD.get(f"{section}.{name}")
+        if var is not None and var.secret == "url" and value is not None:
+            value = redact_url(value)
+        elif var is not None and var.secret and value is not None:
+            value = tuple((key, "***") for key, _ in value) if isinstance(value, tuple) else "***"
+        elif isinstance(value, frozenset):  # status codes: as ranges ("500-599"), as the variable takes them
+            value = display_value(f"{section}.{name}", value)
+        shown.append(f"{name}={value!r}")
+    return f"{type(config).__name__}({', '.join(shown)})"
+
+
 class SentryConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Error reporting to Sentry. ``dsn=None`` turns it off (with one warning)."""
 
@@ -120,12 +142,7 @@ class SentryConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError([("traces_sample_rate", str(self.traces_sample_rate), "a number in [0, 1]")])
 
     def __repr__(self) -> str:
-        return (
-            f"SentryConfig(dsn={redact_url(self.dsn)!r}, environment={self.environment!r}, "
-            f"release={self.release!r}, traces_sample_rate={self.traces_sample_rate!r}, traces={self.traces!r}, "
-            f"ignore_errors={self.ignore_errors!r}, send_default_pii={self.send_default_pii!r}, "
-            f"flush_timeout={self.flush_timeout!r})"
-        )
+        return redacted_repr(self, "sentry")
 
     __str__ = __repr__
 
@@ -229,16 +246,7 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
         return self.otlp_metrics_endpoint or self.otlp_endpoint
 
     def __repr__(self) -> str:
-        headers = tuple((k, "***") for k, _ in self.otlp_headers)
-        return (
-            f"TracingConfig(enabled={self.enabled!r}, sdk_disabled={self.sdk_disabled!r}, "
-            f"otlp_endpoint={redact_url(self.otlp_endpoint)!r}, "
-            f"otlp_traces_endpoint={redact_url(self.otlp_traces_endpoint)!r}, "
-            f"otlp_metrics_endpoint={redact_url(self.otlp_metrics_endpoint)!r}, otlp_protocol={self.otlp_protocol!r}, "
-            f"otlp_headers={headers!r}, sampler={self.sampler!r}, sampler_arg={self.sampler_arg!r}, "
-            f"console={self.console!r}, traces_exporter={self.traces_exporter!r}, "
-            f"metrics_exporter={self.metrics_exporter!r}, shutdown_timeout={self.shutdown_timeout!r})"
-        )
+        return redacted_repr(self, "tracing")
 
     __str__ = __repr__
 

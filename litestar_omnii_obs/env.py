@@ -338,12 +338,13 @@ def display_value(field: str, value: Any) -> str:
     if value is None:
         return "-"
     var = BY_FIELD.get(field)
-    if var is not None and var.secret == "value":
-        if isinstance(value, tuple):
-            return ",".join(f"{item[0]}=***" for item in value) or "-"
-        return "***"
-    if var is not None and var.secret == "url":
-        return redact_url(str(value)) or "-"
+    if var is not None and var.secret:
+        return _hidden(var.secret, value)
+    return _plain(value)
+
+
+def _plain(value: Any) -> str:
+    """A value that is no secret, as the variable would carry it."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, frozenset):
@@ -351,6 +352,15 @@ def display_value(field: str, value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(f"{item[0]}={item[1]}" if isinstance(item, tuple) else str(item) for item in value) or "-"
     return str(value)
+
+
+def _hidden(secret: str, value: Any) -> str:
+    """A secret field's value: the whole value hidden (header pairs keep their names), or a URL's credentials."""
+    if secret == "url":
+        return redact_url(str(value)) or "-"
+    if isinstance(value, tuple):
+        return ",".join(f"{item[0]}=***" for item in value) or "-"
+    return "***"
 
 
 def _ranges(codes: frozenset[Any]) -> str:
@@ -369,6 +379,18 @@ def read_environ(environ: Mapping[str, str]) -> tuple[ObservabilityConfig, dict[
     Raises:
         ConfigError: listing every invalid variable, its value (secrets redacted) and what is allowed.
     """
+    values, sources, problems = _parse_all(environ)
+    problems += _batch_problems(environ, values, sources)
+    if problems:
+        raise ConfigError(problems)
+    if "console" in values.get("tracing.traces_exporter", ()):
+        sources["tracing.console"] = "OTEL_TRACES_EXPORTER"  # it turns the console exporter on
+    _warn_unknown(environ)
+    return _build(values), sources
+
+
+def _parse_all(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str], list[tuple[str, str, str]]]:
+    """Every variable of the table that is set: (values by field, the variable of each, the invalid ones)."""
     problems: list[tuple[str, str, str]] = []
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -381,15 +403,23 @@ def read_environ(environ: Mapping[str, str]) -> tuple[ObservabilityConfig, dict[
             sources[var.field] = var.name
         except (_Invalid, ValueError, OverflowError, BadDsn):
             problems.append((var.name, var.shown(raw), var.allowed))
+    return values, sources, problems
+
+
+def _batch_problems(
+    environ: Mapping[str, str], values: Mapping[str, Any], sources: Mapping[str, str]
+) -> list[tuple[str, str, str]]:
+    """The one rule between two variables: an export batch no larger than the span queue."""
     queue = values.get("tracing.bsp_max_queue_size", 2048)
     batch = values.get("tracing.bsp_max_export_batch_size", 512)
-    if batch > queue:
-        name = sources.get("tracing.bsp_max_export_batch_size") or sources["tracing.bsp_max_queue_size"]
-        problems.append((name, environ[name], f"export batch size ({batch}) at most the queue size ({queue})"))
-    if problems:
-        raise ConfigError(problems)
-    if "console" in values.get("tracing.traces_exporter", ()):
-        sources["tracing.console"] = "OTEL_TRACES_EXPORTER"  # it turns the console exporter on
+    if batch <= queue:
+        return []
+    name = sources.get("tracing.bsp_max_export_batch_size") or sources["tracing.bsp_max_queue_size"]
+    return [(name, environ[name], f"export batch size ({batch}) at most the queue size ({queue})")]
+
+
+def _warn_unknown(environ: Mapping[str, str]) -> None:
+    """One warning naming every ``OMNII_OBS_*`` variable the package does not know (a typo, usually)."""
     unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in BY_NAME)
     if unknown:
         known = sorted(name for name in BY_NAME if name.startswith(ENV_PREFIX))
@@ -399,7 +429,6 @@ def read_environ(environ: Mapping[str, str]) -> tuple[ObservabilityConfig, dict[
             ENV_PREFIX,
             ", ".join(known),
         )
-    return _build(values), sources
 
 
 def _build(values: Mapping[str, Any]) -> ObservabilityConfig:

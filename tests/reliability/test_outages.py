@@ -130,9 +130,9 @@ def test_a_collector_killed_and_restarted_on_the_same_port_gets_every_span(tmp_p
     lines = [line for line in server.stderr().splitlines() if receiver.endpoint in line]
     assert sum("is failing" in line for line in lines) == 1, lines
     assert sum("recovered" in line for line in lines) == 1, lines
-    delivered, lost = summaries(server)["OTLP trace export"]
-    assert lost == 0
-    assert delivered == len(received)
+    # A destination that lost nothing says nothing at shutdown (only losses are reported).
+    assert "OTLP trace export" not in summaries(server), server.stderr()
+    lost = 0
     save_figures(
         "outage_restart",
         {"outage_s": OUTAGE_SECONDS, "requests": len(made), "during_outage": len(during), "lost": lost},
@@ -210,5 +210,5 @@ def test_sentry_that_is_down_is_probed_not_hammered_and_gets_what_was_kept_when_
     # One connection per probe window (2 s), not one per event.
     assert 2 <= attempts <= elapsed / 2 + 2, attempts
     assert resumed < 4
-    assert summaries(server)["Sentry event sending"] == (81, 0)
+    assert "Sentry event sending" not in summaries(server)  # nothing lost: no loss line at shutdown
     save_figures("sentry_down", {"events": 80, "seconds": round(elapsed, 1), "connections": attempts})

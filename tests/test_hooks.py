@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,22 +70,29 @@ class _Order(logging.Handler):
         self.events.append(f"{record.levelname} {record.getMessage().split(' (')[0]}")
 
 
-@pytest.mark.asyncio
-async def test_a_server_error_is_logged_after_the_client_has_the_whole_response(sink: Path) -> None:
+@contextmanager
+def request_log() -> Iterator[list[str]]:
+    """What the client receives and what the request logger logs, in the order it happens."""
     events: list[str] = []
     handler = _Order(events)
     logger = logging.getLogger("litestar_omnii_obs.requests")
     logger.addHandler(handler)
+    try:
+        yield events
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.asyncio
+async def test_a_server_error_is_logged_after_the_client_has_the_whole_response(sink: Path) -> None:
     app = Litestar(
         route_handlers=[crash, ok],
         plugins=[ObservabilityPlugin(ObservabilityConfig(metrics=MetricsConfig(sink=str(sink))))],
     )
-    try:
+    with request_log() as events:
         async with app.lifespan():
             await call(app, "/crash", events)
             await call(app, "/ok", events)
-    finally:
-        logger.removeHandler(handler)
     # The traceback is formatted after the last byte: the client never waits for it.
     assert events == [
         "status 500",
@@ -100,17 +109,11 @@ async def test_a_server_error_is_logged_after_the_client_has_the_whole_response(
 
 @pytest.mark.asyncio
 async def test_no_error_line_when_server_errors_are_not_logged(sink: Path) -> None:
-    events: list[str] = []
-    handler = _Order(events)
-    logger = logging.getLogger("litestar_omnii_obs.requests")
-    logger.addHandler(handler)
     config = ObservabilityConfig(metrics=MetricsConfig(sink=str(sink)), latency=LatencyConfig(log_server_errors=False))
     app = Litestar(route_handlers=[crash], plugins=[ObservabilityPlugin(config)])
-    try:
+    with request_log() as events:
         async with app.lifespan():
             await call(app, "/crash", events)
-    finally:
-        logger.removeHandler(handler)
     assert events == ["status 500", "last byte sent"]
 
 

@@ -1,6 +1,6 @@
 """Production observability for Litestar in one plugin: latency records, metrics, Sentry, tracing."""
 
-from litestar_omnii_obs.config import (
+from litestar_omnii_obs._internal.config import (
     ConfigError,
     LatencyConfig,
     MetricsConfig,
@@ -8,9 +8,9 @@ from litestar_omnii_obs.config import (
     SentryConfig,
     TracingConfig,
 )
-from litestar_omnii_obs.metrics import TimedOperation, flush_metrics, log_metric, timed_operation
-from litestar_omnii_obs.plugin import ObservabilityPlugin
-from litestar_omnii_obs.records import (
+from litestar_omnii_obs._internal.metrics import TimedOperation, flush_metrics, log_metric, timed_operation
+from litestar_omnii_obs._internal.plugin import ObservabilityPlugin
+from litestar_omnii_obs._internal.records import (
     ApiLatencyMetric,
     GraphQueryMetric,
     Metric,
@@ -20,7 +20,7 @@ from litestar_omnii_obs.records import (
     SyncSource,
     TimedRecord,
 )
-from litestar_omnii_obs.sentry import capture_error
+from litestar_omnii_obs._internal.sentry import capture_error
 
 __all__ = [
     "ApiLatencyMetric",

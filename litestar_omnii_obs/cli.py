@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import msgspec
 
-from litestar_omnii_obs.checks import DEFAULT_TIMEOUT, PipeResult, check_pipes, send_test_error
-from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_url
+from litestar_omnii_obs._internal.checks import DEFAULT_TIMEOUT, PipeResult, check_pipes, send_test_error
+from litestar_omnii_obs._internal.config import ConfigError, ObservabilityConfig, redact_url
 
 if TYPE_CHECKING:
     import click
@@ -87,12 +87,12 @@ def config_rows(config: ObservabilityConfig, environ: Mapping[str, str] | None =
 
     ``environment``: equal to what ``from_env`` reads from the variable that is set for it;
     ``default``: equal to ``ObservabilityConfig()`` and no variable set; anything else was
-    set in code. Variables, precedence and redaction come from :data:`litestar_omnii_obs.env.VARIABLES`.
+    set in code. Variables, precedence and redaction come from :data:`litestar_omnii_obs._internal.env.VARIABLES`.
 
     Raises:
         ConfigError: when the environment is invalid.
     """
-    from litestar_omnii_obs.env import VARIABLES, display_value, read_environ
+    from litestar_omnii_obs._internal.env import VARIABLES, display_value, read_environ
 
     environ = os.environ if environ is None else environ
     env_config, sources = read_environ(environ)

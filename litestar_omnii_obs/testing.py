@@ -30,8 +30,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sentry_sdk.transport import Transport
 
-from litestar_omnii_obs import runtime
-from litestar_omnii_obs.records import MetricRecord
+from litestar_omnii_obs._internal import runtime
+from litestar_omnii_obs._internal.records import MetricRecord
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan

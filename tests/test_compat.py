@@ -1,4 +1,4 @@
-"""Every private name of a dependency the package relies on (litestar_omnii_obs/_compat.py), checked.
+"""Every private name of a dependency the package relies on (litestar_omnii_obs/_internal/_compat.py), checked.
 
 Each test fails loudly, naming what changed, when an upgrade of sentry-sdk or OpenTelemetry renames or
 reshapes something the package uses, so the break shows here rather than in production.
@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 from sentry_sdk.transport import HttpTransport
 
-from litestar_omnii_obs import _compat
+from litestar_omnii_obs._internal import _compat
 
 
 def test_sentry_transport_hooks_keep_their_names_and_parameters() -> None:
@@ -111,7 +111,7 @@ def test_the_tracer_context_manager_type_still_exists() -> None:
 def test_the_otel_context_variable_is_what_attach_and_detach_use() -> None:
     from opentelemetry import context as otel_context
 
-    from litestar_omnii_obs._compat import otel_context_var
+    from litestar_omnii_obs._internal._compat import otel_context_var
 
     variable = otel_context_var()
     assert variable is not None, "OpenTelemetry's runtime context no longer keeps _current_context"

@@ -268,7 +268,7 @@ def test_unknown_prefixed_variable_is_warned_about(caplog: pytest.LogCaptureFixt
     ],
 )
 def test_printed_urls_hide_user_info_and_query_values(url: str, shown: str) -> None:
-    from litestar_omnii_obs.config import redact_url
+    from litestar_omnii_obs._internal.config import redact_url
 
     assert redact_url(url) == shown
     config = ObservabilityConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": url})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from litestar_omnii_obs.env import VARIABLES
+from litestar_omnii_obs._internal.env import VARIABLES
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

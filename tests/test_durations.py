@@ -1,6 +1,6 @@
 """``http.server.request.duration`` series: capped like the SDK's cardinality limit, nothing lost past the cap.
 
-Unit level: :class:`~litestar_omnii_obs.durations.RequestDurations` is fed attribute sets directly, and its
+Unit level: :class:`~litestar_omnii_obs._internal.durations.RequestDurations` is fed attribute sets directly, and its
 snapshot is read the way the OTLP exporter reads it (``metric()``, then the OTLP encoder). One test drives a
 real app in-process (Litestar's ``TestClient``) to check which ``error.type`` a failing request's point gets.
 """
@@ -35,8 +35,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, TracingConfig
-from litestar_omnii_obs.durations import HTTP_DURATION_BUCKETS, DurationsExporter, RequestDurations
-from litestar_omnii_obs.health import PeerHealth
+from litestar_omnii_obs._internal.durations import HTTP_DURATION_BUCKETS, DurationsExporter, RequestDurations
+from litestar_omnii_obs._internal.health import PeerHealth
 from tests.peers.otlp_receiver import OtlpReceiver
 
 OVERFLOW = {"otel.metric.overflow": True}

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from litestar_omnii_obs.health import (
+from litestar_omnii_obs._internal.health import (
     QUEUE_FULL,
     STILL_QUEUED,
     PeerHealth,

@@ -32,7 +32,7 @@ from litestar_omnii_obs import (
     log_metric,
     timed_operation,
 )
-from litestar_omnii_obs.records import milliseconds
+from litestar_omnii_obs._internal.records import milliseconds
 from litestar_omnii_obs.testing import ObservabilityCapture
 from tests.conftest import read_lines, running_app
 
@@ -106,7 +106,7 @@ def test_request_lines_are_the_bytes_the_typed_record_encodes_to(
     tmp_path: Path, route: str, method: str, error: str | None, ids: tuple[int, int]
 ) -> None:
     """The request path queues fields, not a record; its line must read exactly as the record's would."""
-    from litestar_omnii_obs.sink import MetricWriter
+    from litestar_omnii_obs._internal.sink import MetricWriter
 
     sink = tmp_path / "lines.jsonl"
     writer = MetricWriter(ObservabilityConfig(service_name="s%d", metrics=MetricsConfig(sink=str(sink))))

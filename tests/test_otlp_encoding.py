@@ -22,7 +22,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.span import TraceState
 
-from litestar_omnii_obs.otlp.encoding import EncodedBatch, encode_spans
+from litestar_omnii_obs._internal.otlp.encoding import EncodedBatch, encode_spans
 
 
 def finished_spans() -> tuple[ReadableSpan, ...]:

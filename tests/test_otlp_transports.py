@@ -28,8 +28,8 @@ from sentry_sdk.consts import VERSION as SENTRY_SDK_VERSION
 from sentry_sdk.consts import EndpointType
 from sentry_sdk.utils import Dsn
 
-from litestar_omnii_obs.health import parse_retry_after, sentry_rate_limit
-from litestar_omnii_obs.otlp import (
+from litestar_omnii_obs._internal.health import parse_retry_after, sentry_rate_limit
+from litestar_omnii_obs._internal.otlp import (
     HTTP_EXTRA_HINT,
     CollectorTarget,
     FanOutSpanExporter,

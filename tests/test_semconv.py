@@ -29,7 +29,7 @@ except ImportError:  # the lowest supported OpenTelemetry: still incubating
     from opentelemetry.semconv._incubating.attributes import deployment_attributes  # type: ignore[no-redef]
 
 from litestar_omnii_obs import ObservabilityConfig, ObservabilityPlugin, TracingConfig
-from litestar_omnii_obs.attributes import KNOWN_METHODS
+from litestar_omnii_obs._internal.attributes import KNOWN_METHODS
 from litestar_omnii_obs.testing import ObservabilityCapture
 from tests.peers.otlp_receiver import OtlpReceiver
 

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
 from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, SentryConfig, timed_operation
-from litestar_omnii_obs.server_span import ServerSpan, ServerSpans
+from litestar_omnii_obs._internal.server_span import ServerSpan, ServerSpans
 from litestar_omnii_obs.testing import ObservabilityCapture
 
 

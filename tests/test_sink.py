@@ -32,10 +32,10 @@ from litestar_omnii_obs import (
     OperationMetric,
     flush_metrics,
     log_metric,
-    runtime,
 )
-from litestar_omnii_obs.records import MetricRecord
-from litestar_omnii_obs.sink import MetricWriter
+from litestar_omnii_obs._internal import runtime
+from litestar_omnii_obs._internal.records import MetricRecord
+from litestar_omnii_obs._internal.sink import MetricWriter
 from tests.conftest import read_lines, running_app, wait_until
 
 PIPE_BUF = select.PIPE_BUF

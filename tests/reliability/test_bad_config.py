@@ -26,7 +26,7 @@ from litestar import Litestar, get
 from litestar.params import FromPath
 
 from litestar_omnii_obs import ConfigError, ObservabilityConfig, ObservabilityPlugin, capture_error
-from litestar_omnii_obs.env import VARIABLES
+from litestar_omnii_obs._internal.env import VARIABLES
 from tests.conftest import free_port, read_lines, serve
 from tests.peers.otlp_receiver import OtlpReceiver
 from tests.peers.sentry_ingest import SentryIngest

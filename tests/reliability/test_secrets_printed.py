@@ -1,8 +1,8 @@
 """Credentials in the configuration are never printed, whatever the output and whether the value is valid or not.
 
-For every variable of :data:`litestar_omnii_obs.env.VARIABLES` whose ``secret`` is ``url`` or ``value`` (new ones
-are picked up by the table), values carrying a distinct marker credential are fed in valid and invalid forms, and
-every output a user sees is searched for the marker:
+For every variable of :data:`litestar_omnii_obs._internal.env.VARIABLES` whose ``secret`` is ``url`` or ``value``
+(new ones are picked up by the table), values carrying a distinct marker credential are fed in valid and invalid
+forms, and every output a user sees is searched for the marker:
 
 * ``str()``/``repr()`` of the :class:`ConfigError` an invalid value raises, and of the config a valid one builds;
 * the log records (every logger, with tracebacks) and the process's own stdout/stderr while an app is built,
@@ -31,8 +31,8 @@ from litestar import Litestar, get
 from litestar.testing import TestClient
 
 from litestar_omnii_obs import ConfigError, ObservabilityConfig, ObservabilityPlugin
+from litestar_omnii_obs._internal.env import VARIABLES, EnvVar
 from litestar_omnii_obs.cli import config_rows
-from litestar_omnii_obs.env import VARIABLES, EnvVar
 from tests.conftest import free_port
 from tests.peers.otlp_receiver import OtlpReceiver
 from tests.peers.sentry_ingest import SentryIngest

@@ -12,8 +12,8 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricExporter
 
-from litestar_omnii_obs.otlp.targets import OtlpProtocol, signal_url
-from litestar_omnii_obs.otlp.transports import Compression, split_credentials
+from litestar_omnii_obs._internal.otlp.targets import OtlpProtocol, signal_url
+from litestar_omnii_obs._internal.otlp.transports import Compression, split_credentials
 
 __all__ = ["HTTP_EXTRA_HINT", "build_metric_exporter"]
 

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from litestar_omnii_obs.health import ENCODING, STILL_QUEUED
-from litestar_omnii_obs.otlp.encoding import EncodedBatch
+from litestar_omnii_obs._internal.health import ENCODING, STILL_QUEUED
+from litestar_omnii_obs._internal.otlp.encoding import EncodedBatch
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
-    from litestar_omnii_obs.otlp.targets import Target
+    from litestar_omnii_obs._internal.otlp.targets import Target
 
 __all__ = ["FanOutSpanExporter"]
 
@@ -26,7 +26,7 @@ class FanOutSpanExporter(SpanExporter):
     wake and encode every span again. Here a batch is encoded once (:class:`EncodedBatch`);
     a target taking every span gets the whole request's bytes, Sentry the same span bytes
     under its rate. A target that is down keeps its requests and is probed (see
-    :class:`~litestar_omnii_obs.health.PeerHealth`) without holding up the others.
+    :class:`~litestar_omnii_obs._internal.health.PeerHealth`) without holding up the others.
 
     The export result is the first target's (the collector's): a failing Sentry must not make
     the collector look failed. Runs in the span processor's worker thread; never raises;

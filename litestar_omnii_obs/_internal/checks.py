@@ -1,8 +1,8 @@
 """Live checks for ``litestar obs``: one span, one metric point, one event, each to where the app sends it.
 
 The span and the metric point go through the exporter builders the app's lifespan uses
-(:func:`~litestar_omnii_obs.tracing.build_span_exporter`,
-:func:`~litestar_omnii_obs.tracing.build_metric_exporter_for`), the event through the app's
+(:func:`~litestar_omnii_obs._internal.tracing.build_span_exporter`,
+:func:`~litestar_omnii_obs._internal.tracing.build_metric_exporter_for`), the event through the app's
 Sentry path, so a check that passes means the app's own pipes work. Every check is bounded by
 its timeout, even against a dead peer.
 """
@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from litestar_omnii_obs.config import ObservabilityConfig, redact_url
+from litestar_omnii_obs._internal.config import ObservabilityConfig, redact_url
 
 __all__ = ["DEFAULT_TIMEOUT", "ObservabilityTestError", "PipeResult", "check_pipes", "send_test_error"]
 
@@ -51,7 +51,7 @@ def _short(exc: BaseException) -> str:
 
 
 def _otlp_target(config: ObservabilityConfig, endpoint: str | None) -> str:
-    from litestar_omnii_obs.env import display_value
+    from litestar_omnii_obs._internal.env import display_value
 
     target = redact_url(endpoint) or "-"
     if config.tracing.otlp_headers:
@@ -106,12 +106,12 @@ def _bounded(config: ObservabilityConfig, timeout: float) -> ObservabilityConfig
 
 
 def _check_traces(config: ObservabilityConfig, timeout: float, errors: _ExporterErrors) -> tuple[bool, str]:
-    """One span through the exporter the app builds (:func:`~litestar_omnii_obs.tracing.build_span_exporter`)."""
+    """One span through the exporter the app builds (:func:`.tracing.build_span_exporter`)."""
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExportResult
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-    from litestar_omnii_obs.tracing import build_resource, build_span_exporter
+    from litestar_omnii_obs._internal.tracing import build_resource, build_span_exporter
 
     provider = TracerProvider(resource=build_resource(config), sampler=ALWAYS_ON, shutdown_on_exit=False)
     span = provider.get_tracer("litestar_omnii_obs").start_span("litestar obs check", attributes={"omnii.check": True})
@@ -133,7 +133,7 @@ def _check_metrics(config: ObservabilityConfig, timeout: float, errors: _Exporte
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
 
-    from litestar_omnii_obs.tracing import build_metric_exporter_for, build_resource
+    from litestar_omnii_obs._internal.tracing import build_metric_exporter_for, build_resource
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(resource=build_resource(config), metric_readers=[reader], shutdown_on_exit=False)
@@ -294,7 +294,7 @@ def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -
     The configured pipes run in parallel daemon threads, each bounded by ``timeout``; a pipe
     still busy a second after that is reported as failed, so the whole check is bounded.
     """
-    from litestar_omnii_obs._compat import SDK_EXPORT_LOGGERS
+    from litestar_omnii_obs._internal._compat import SDK_EXPORT_LOGGERS
 
     errors = _ExporterErrors()
     pipes = _pipes(config, timeout, errors)
@@ -319,14 +319,14 @@ class ObservabilityTestError(RuntimeError):
 def send_test_error(config: ObservabilityConfig, message: str, timeout: float) -> tuple[str | None, str | None]:
     """Raise and report a test error through the request-error path; returns ``(event_id, failure)``.
 
-    Sentry is started by :func:`~litestar_omnii_obs.sentry.start_sentry` (same scrubber,
+    Sentry is started by :func:`~litestar_omnii_obs._internal.sentry.start_sentry` (same scrubber,
     ``before_send``, ignored errors and transport as the app) and the error goes through the
     reporter's ``capture``; then the queue is flushed within ``timeout``.
     """
     import sentry_sdk
 
-    from litestar_omnii_obs import sentry
-    from litestar_omnii_obs._compat import QuietHttpTransport
+    from litestar_omnii_obs._internal import sentry
+    from litestar_omnii_obs._internal._compat import QuietHttpTransport
 
     if not config.sentry.dsn:
         return None, "SENTRY_DSN is not set: there is nowhere to send a test error"

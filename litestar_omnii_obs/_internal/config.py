@@ -3,7 +3,7 @@
 Every option lives on a frozen :class:`msgspec.Struct` with a documented default. The
 config is the whole truth: the plugin hands every value to the SDKs explicitly, so a
 config built in code or by ``from_env(mapping)`` is never overridden by ``os.environ``.
-:meth:`ObservabilityConfig.from_env` reads the variables of :data:`litestar_omnii_obs.env.VARIABLES`
+:meth:`ObservabilityConfig.from_env` reads the variables of :data:`litestar_omnii_obs._internal.env.VARIABLES`
 (one table: name, field, parser, what is allowed, secret or not), validates all of them
 and raises one :class:`ConfigError` naming every bad variable, its value (secrets
 redacted) and what is allowed. As in the OpenTelemetry specification, a variable set to
@@ -90,7 +90,7 @@ def redacted_repr(config: msgspec.Struct, section: str) -> str:
     One rule for every config struct (``repr()``, ``str()``, logs): a URL shows without its
     credentials, a header keeps its name and hides its value, any other secret is ``***``.
     """
-    from litestar_omnii_obs.env import BY_FIELD, display_value  # the table imports this module
+    from litestar_omnii_obs._internal.env import BY_FIELD, display_value  # the table imports this module
 
     shown: list[str] = []
     for name in config.__struct_fields__:
@@ -338,6 +338,6 @@ class ObservabilityConfig(msgspec.Struct, frozen=True, kw_only=True):
         Raises:
             ConfigError: listing every invalid variable, its value (secrets redacted) and what is allowed.
         """
-        from litestar_omnii_obs.env import read_environ
+        from litestar_omnii_obs._internal.env import read_environ
 
         return read_environ(os.environ if environ is None else environ)[0]

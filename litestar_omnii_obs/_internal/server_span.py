@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from litestar_omnii_obs._compat import set_span_end, set_span_name, set_span_status
+from litestar_omnii_obs._internal._compat import set_span_end, set_span_name, set_span_status
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -67,7 +67,7 @@ class ServerSpan(trace.Span, ReadableSpan):
     Like the SDK's own ``Span`` it is both: built with ``ReadableSpan``'s public constructor
     over the attribute dict and event and link lists it then adds to, so ending it hands
     the span itself to the processors (no copy). The three fields that change after that
-    (end time, status, name) are set through :mod:`litestar_omnii_obs._compat`.
+    (end time, status, name) are set through :mod:`litestar_omnii_obs._internal._compat`.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """The one table of environment variables, and the reader built on it.
 
 Each :class:`EnvVar` says which config field a variable sets, how its text is parsed,
-what is allowed (shown in :class:`~litestar_omnii_obs.config.ConfigError`) and whether
+what is allowed (shown in :class:`~litestar_omnii_obs._internal.config.ConfigError`) and whether
 its value is secret. ``from_env``, the unknown-variable warning, ``litestar obs config``
 and every redaction read this table, so they cannot drift apart.
 """
@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 from sentry_sdk.utils import BadDsn, Dsn
 
-from litestar_omnii_obs.config import (
+from litestar_omnii_obs._internal.config import (
     ConfigError,
     ObservabilityConfig,
     OtlpExporter,

@@ -17,8 +17,8 @@ from sentry_sdk.consts import VERSION as SENTRY_SDK_VERSION
 from sentry_sdk.consts import EndpointType
 from sentry_sdk.utils import Dsn
 
-from litestar_omnii_obs.health import PROBE_INTERVAL, PeerHealth
-from litestar_omnii_obs.otlp.transports import MAX_KEPT, Compression, GrpcTransport, HttpTransport, Transport
+from litestar_omnii_obs._internal.health import PROBE_INTERVAL, PeerHealth
+from litestar_omnii_obs._internal.otlp.transports import MAX_KEPT, Compression, GrpcTransport, HttpTransport, Transport
 
 __all__ = ["CollectorTarget", "OtlpProtocol", "SentryTarget", "Target", "signal_url"]
 
@@ -145,7 +145,7 @@ class SentryTarget(Target):
 
     Use :meth:`from_dsn`: it derives the URL and ``X-Sentry-Auth`` exactly as sentry-sdk's
     ``OTLPIntegration`` does. Requests go over HTTP, gzip-compressed; Sentry's
-    ``X-Sentry-Rate-Limits`` is honoured (see :data:`~litestar_omnii_obs.health.SENTRY_SPAN_CATEGORIES`).
+    ``X-Sentry-Rate-Limits`` is honoured (see :data:`~litestar_omnii_obs._internal.health.SENTRY_SPAN_CATEGORIES`).
     """
 
     def __init__(

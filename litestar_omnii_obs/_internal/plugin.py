@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from litestar.plugins import CLIPluginProtocol, InitPlugin
 
-from litestar_omnii_obs import runtime, sentry, shared, tracing
-from litestar_omnii_obs._bounded import run_bounded
+from litestar_omnii_obs._internal import runtime, sentry, shared, tracing
+from litestar_omnii_obs._internal._bounded import run_bounded
+from litestar_omnii_obs._internal.config import ObservabilityConfig
+from litestar_omnii_obs._internal.hooks import ObserverMiddleware, RequestObserver
+from litestar_omnii_obs._internal.sink import MetricWriter
 from litestar_omnii_obs.cli import add_obs_commands
-from litestar_omnii_obs.config import ObservabilityConfig
-from litestar_omnii_obs.hooks import ObserverMiddleware, RequestObserver
-from litestar_omnii_obs.sink import MetricWriter
 
 if TYPE_CHECKING:
     from click import Group

@@ -14,10 +14,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from sentry_sdk.scrubber import EventScrubber
 from sentry_sdk.utils import iter_event_frames
 
-from litestar_omnii_obs._compat import SENSITIVE_DATA_SUBSTITUTE, AnnotatedValue
+from litestar_omnii_obs._internal._compat import SENSITIVE_DATA_SUBSTITUTE, AnnotatedValue
 
 if TYPE_CHECKING:
-    from litestar_omnii_obs._compat import Event
+    from litestar_omnii_obs._internal._compat import Event
 
 __all__ = ["DEFAULT_SCRUB_KEYS", "REDACTED", "SecretScrubber"]
 

@@ -4,7 +4,7 @@ OpenTelemetry's global tracer provider can be set once per process, and users' o
 ``trace.get_tracer(...)`` spans should nest under the request span of whichever app
 serves the request. So the global provider, set once, is :data:`APP_TRACER_PROVIDER`:
 it hands out tracers that delegate to the provider of the app current in that context
-(see :mod:`litestar_omnii_obs.runtime`). No app's own provider is ever installed
+(see :mod:`litestar_omnii_obs._internal.runtime`). No app's own provider is ever installed
 globally, so none is reused after it was shut down.
 
 The log-record factory that adds ``trace_id``/``span_id`` is installed once while any
@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from litestar_omnii_obs import runtime
+from litestar_omnii_obs._internal import runtime
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Link, Span, SpanKind
     from opentelemetry.util.types import Attributes
 
-    from litestar_omnii_obs._compat import AgnosticContextManager
+    from litestar_omnii_obs._internal._compat import AgnosticContextManager
 
 __all__ = ["APP_TRACER_PROVIDER", "log_correlation", "route_global_provider"]
 

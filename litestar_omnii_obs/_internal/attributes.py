@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from litestar.types import Scope
 
-    from litestar_omnii_obs.scrubbing import SecretScrubber
+    from litestar_omnii_obs._internal.scrubbing import SecretScrubber
 
 __all__ = ["KNOWN_METHODS", "method_label", "server_span_attributes", "span_name"]
 

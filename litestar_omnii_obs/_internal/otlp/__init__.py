@@ -13,11 +13,11 @@ Each batch is encoded once; every endpoint's outage is logged once and probed ev
 what it loses is counted (``exporter.dropped()``, ``exporter.report()``).
 """
 
-from litestar_omnii_obs.otlp.encoding import EncodedBatch, encode_spans
-from litestar_omnii_obs.otlp.exporter import FanOutSpanExporter
-from litestar_omnii_obs.otlp.metrics import HTTP_EXTRA_HINT, build_metric_exporter
-from litestar_omnii_obs.otlp.targets import CollectorTarget, OtlpProtocol, SentryTarget, Target, signal_url
-from litestar_omnii_obs.otlp.transports import Compression, GrpcTransport, HttpTransport, Transport
+from litestar_omnii_obs._internal.otlp.encoding import EncodedBatch, encode_spans
+from litestar_omnii_obs._internal.otlp.exporter import FanOutSpanExporter
+from litestar_omnii_obs._internal.otlp.metrics import HTTP_EXTRA_HINT, build_metric_exporter
+from litestar_omnii_obs._internal.otlp.targets import CollectorTarget, OtlpProtocol, SentryTarget, Target, signal_url
+from litestar_omnii_obs._internal.otlp.transports import Compression, GrpcTransport, HttpTransport, Transport
 
 __all__ = [
     "HTTP_EXTRA_HINT",

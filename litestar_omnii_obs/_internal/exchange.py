@@ -2,7 +2,7 @@
 
 :func:`trace_request` gives a request its ids and, when sampled, its server span; the
 usual request (no trace headers, not sampled) takes the shortest way: a trace id, its
-hex form and a :class:`~litestar_omnii_obs.sampling.DroppedSpan`, nothing else.
+hex form and a :class:`~litestar_omnii_obs._internal.sampling.DroppedSpan`, nothing else.
 :func:`end_server_span` finishes a recorded span with the response's status.
 """
 
@@ -16,15 +16,15 @@ from opentelemetry.propagate import extract
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import NonRecordingSpan, Status, StatusCode
 
-from litestar_omnii_obs.attributes import server_span_attributes, span_name
-from litestar_omnii_obs.sampling import DroppedSpan
+from litestar_omnii_obs._internal.attributes import server_span_attributes, span_name
+from litestar_omnii_obs._internal.sampling import DroppedSpan
 
 if TYPE_CHECKING:
     from litestar.types import Scope
     from opentelemetry.trace import Span, SpanContext
 
-    from litestar_omnii_obs.scrubbing import SecretScrubber
-    from litestar_omnii_obs.tracing import Telemetry
+    from litestar_omnii_obs._internal.scrubbing import SecretScrubber
+    from litestar_omnii_obs._internal.tracing import Telemetry
 
 __all__ = ["Exchange", "end_server_span", "trace_request"]
 

@@ -1,7 +1,7 @@
 """``log_metric`` and ``timed_operation``: the metric API a handler or job calls.
 
 Both write to the metric writer of the app they run in (see
-:mod:`litestar_omnii_obs.runtime`), never block the event loop and never raise because
+:mod:`litestar_omnii_obs._internal.runtime`), never block the event loop and never raise because
 of a sink or of a record that cannot be encoded (that line alone is dropped, counted and
 logged).
 """
@@ -17,8 +17,8 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from litestar_omnii_obs import runtime
-from litestar_omnii_obs.records import MetricRecord, OperationMetric, milliseconds
+from litestar_omnii_obs._internal import runtime
+from litestar_omnii_obs._internal.records import MetricRecord, OperationMetric, milliseconds
 
 __all__ = [
     "TimedOperation",

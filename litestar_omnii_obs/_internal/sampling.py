@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from litestar_omnii_obs.config import ObservabilityConfig
+from litestar_omnii_obs._internal.config import ObservabilityConfig
 
 __all__ = ["DroppedSpan", "PresetTraceIds", "ServerSampling"]
 

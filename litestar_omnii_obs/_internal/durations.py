@@ -32,8 +32,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.export import Histogram as SdkHistogram
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from litestar_omnii_obs._compat import exporter_preferences
-from litestar_omnii_obs.health import PeerHealth
+from litestar_omnii_obs._internal._compat import exporter_preferences
+from litestar_omnii_obs._internal.health import PeerHealth
 
 __all__ = ["HTTP_DURATION_BUCKETS", "DurationsExporter", "RequestDurations"]
 
@@ -204,7 +204,7 @@ class DurationsExporter(MetricExporter):
     """Wraps the OTLP metric exporter: adds the request durations to each export; one outage rule.
 
     While the collector is down an export is attempted at most every probe interval
-    (:class:`~litestar_omnii_obs.health.PeerHealth`); points are cumulative, so an export
+    (:class:`~litestar_omnii_obs._internal.health.PeerHealth`); points are cumulative, so an export
     skipped or failed loses nothing as long as a later one is accepted. Only a final export
     at shutdown that fails loses data, and is counted.
     """

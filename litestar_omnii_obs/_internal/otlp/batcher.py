@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from litestar_omnii_obs.health import QUEUE_FULL, STILL_QUEUED
+from litestar_omnii_obs._internal.health import QUEUE_FULL, STILL_QUEUED
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from litestar_omnii_obs.otlp.exporter import FanOutSpanExporter
+    from litestar_omnii_obs._internal.otlp.exporter import FanOutSpanExporter
 
 __all__ = ["SpanBatcher"]
 

@@ -7,11 +7,11 @@ when an endpoint is set, a ``MeterProvider`` exporting the request-duration hist
 and the operation histograms.
 
 The process-wide pieces (OpenTelemetry's global provider, log correlation) live in
-:mod:`litestar_omnii_obs.shared`.
+:mod:`litestar_omnii_obs._internal.shared`.
 
 A dead collector must never become the outage: exports run in worker threads, the span
-queue is bounded (:class:`~litestar_omnii_obs.otlp.batcher.SpanBatcher`), each destination
-follows the one outage rule of :mod:`litestar_omnii_obs.health` (logged once per outage and
+queue is bounded (:class:`~litestar_omnii_obs._internal.otlp.batcher.SpanBatcher`), each destination
+follows the one outage rule of :mod:`litestar_omnii_obs._internal.health` (logged once per outage and
 once on recovery, probed every 2 s), shutdown gives up after ``shutdown_timeout`` seconds,
 and then reports, per destination, what was delivered and what was lost and why.
 """
@@ -39,17 +39,23 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.trace import Span, SpanContext, SpanKind
 
-from litestar_omnii_obs._bounded import run_bounded
-from litestar_omnii_obs._compat import ExportLogFilter, follow_config_not_environ
-from litestar_omnii_obs.config import ConfigError, ObservabilityConfig, redact_url
-from litestar_omnii_obs.durations import SCOPE, DurationsExporter, RequestDurations
-from litestar_omnii_obs.health import PeerHealth
-from litestar_omnii_obs.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, Target, build_metric_exporter
-from litestar_omnii_obs.otlp.batcher import SpanBatcher
-from litestar_omnii_obs.records import GraphQueryMetric, MetricRecord, SyncMetric
-from litestar_omnii_obs.sampling import PresetTraceIds, ServerSampling, new_span_id
-from litestar_omnii_obs.server_span import ServerSpans
-from litestar_omnii_obs.shared import route_global_provider
+from litestar_omnii_obs._internal._bounded import run_bounded
+from litestar_omnii_obs._internal._compat import ExportLogFilter, follow_config_not_environ
+from litestar_omnii_obs._internal.config import ConfigError, ObservabilityConfig, redact_url
+from litestar_omnii_obs._internal.durations import SCOPE, DurationsExporter, RequestDurations
+from litestar_omnii_obs._internal.health import PeerHealth
+from litestar_omnii_obs._internal.otlp import (
+    CollectorTarget,
+    FanOutSpanExporter,
+    SentryTarget,
+    Target,
+    build_metric_exporter,
+)
+from litestar_omnii_obs._internal.otlp.batcher import SpanBatcher
+from litestar_omnii_obs._internal.records import GraphQueryMetric, MetricRecord, SyncMetric
+from litestar_omnii_obs._internal.sampling import PresetTraceIds, ServerSampling, new_span_id
+from litestar_omnii_obs._internal.server_span import ServerSpans
+from litestar_omnii_obs._internal.shared import route_global_provider
 
 __all__ = [
     "Telemetry",

@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry import trace
 
-from litestar_omnii_obs.config import ObservabilityConfig
-from litestar_omnii_obs.records import ApiLatencyMetric, milliseconds
-from litestar_omnii_obs.sink import MetricWriter
+from litestar_omnii_obs._internal.config import ObservabilityConfig
+from litestar_omnii_obs._internal.records import ApiLatencyMetric, milliseconds
+from litestar_omnii_obs._internal.sink import MetricWriter
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from sentry_sdk.transport import Transport
 
-    from litestar_omnii_obs.records import MetricRecord
-    from litestar_omnii_obs.sentry import SentryReporter
+    from litestar_omnii_obs._internal.records import MetricRecord
+    from litestar_omnii_obs._internal.sentry import SentryReporter
 
 __all__ = ["Capture", "Runtime", "current", "install_capture"]
 

@@ -8,7 +8,7 @@ dependency changes it, so an upgrade breaks a test rather than production.
 * sentry-sdk's ``HttpTransport`` hooks (``_get_pool_options``, ``_send_request``,
   ``_update_headers``, ``_request``, ``_update_rate_limits``, ``_worker``):
   :class:`QuietHttpTransport` sends under the package's one outage rule
-  (:mod:`litestar_omnii_obs.health`) and counts every event it does not deliver.
+  (:mod:`litestar_omnii_obs._internal.health`) and counts every event it does not deliver.
 * The OpenTelemetry SDK's log messages for failed metric exports (matched as text by
   :class:`ExportLogFilter`, only to keep them quiet: one line per outage is ours; nothing
   is counted from them).
@@ -21,7 +21,7 @@ dependency changes it, so an upgrade breaks a test rather than production.
   behind ``attach``/``detach``; the request hook sets and resets it directly (two
   function layers less on every request) when the runtime context is the default one.
 * ``ReadableSpan._end_time`` / ``_status`` / ``_name``: the fields behind its ``end_time``,
-  ``status`` and ``name`` properties. :class:`~litestar_omnii_obs.server_span.ServerSpan`
+  ``status`` and ``name`` properties. :class:`~litestar_omnii_obs._internal.server_span.ServerSpan`
   is its own ``ReadableSpan`` (as the SDK's ``Span`` is) and sets these as the span
   changes, instead of copying itself into a new ``ReadableSpan`` when it ends.
 """
@@ -44,7 +44,7 @@ from sentry_sdk._types import SENSITIVE_DATA_SUBSTITUTE, AnnotatedValue
 from sentry_sdk.envelope import Envelope, Item
 from sentry_sdk.transport import HttpTransport
 
-from litestar_omnii_obs.health import (
+from litestar_omnii_obs._internal.health import (
     OUTAGE_OVERFLOW,
     QUEUE_FULL,
     RATE_LIMITED,
@@ -134,7 +134,7 @@ def exporter_preferences(exporter: MetricExporter) -> dict[str, Any]:
 
 
 class QuietHttpTransport(HttpTransport):
-    """sentry-sdk's HTTP transport under the package's one outage rule (:class:`~litestar_omnii_obs.health.PeerHealth`).
+    """sentry-sdk's HTTP transport under the package's one outage rule (:class:`.health.PeerHealth`).
 
     urllib3 does not retry (``retries=False``) and every attempt is bounded (connect 2 s, read
     10 s). Connection refused, DNS failure and timeouts mean Sentry is down: envelopes are kept

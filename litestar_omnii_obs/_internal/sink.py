@@ -32,8 +32,8 @@ from typing import IO
 import msgspec
 from opentelemetry.trace import INVALID_SPAN_ID
 
-from litestar_omnii_obs.config import ObservabilityConfig
-from litestar_omnii_obs.records import ApiLatencyMetric, MetricRecord, milliseconds
+from litestar_omnii_obs._internal.config import ObservabilityConfig
+from litestar_omnii_obs._internal.records import ApiLatencyMetric, MetricRecord, milliseconds
 
 __all__ = ["MetricWriter"]
 
@@ -317,7 +317,7 @@ class MetricWriter:
     def close(self) -> None:
         """Stop the thread after it wrote every queued line; may block as long as the sink does.
 
-        The plugin calls this off the event loop with a bound (see :func:`~litestar_omnii_obs._bounded.run_bounded`).
+        The plugin calls this off the event loop with a bound (see :func:`._bounded.run_bounded`).
         """
         self._closed = True
         self._stop.set()

@@ -21,8 +21,8 @@ closes the request on the way out. An error in this module is logged once and ne
 reaches the response.
 
 One request, top to bottom: :meth:`RequestObserver._open` (used by the middleware and by
-``after_exception``) builds the :class:`~litestar_omnii_obs.exchange.Exchange` and calls
-:func:`~litestar_omnii_obs.exchange.trace_request`, which takes one of these ways:
+``after_exception``) builds the :class:`~litestar_omnii_obs._internal.exchange.Exchange` and calls
+:func:`~litestar_omnii_obs._internal.exchange.trace_request`, which takes one of these ways:
 
 =====================  ===============================  =====================================
 the request            sampled (our provider)           dropped (our provider)
@@ -36,10 +36,10 @@ provider not ours      ``_trace_foreign``: the SDK's     (its sampler decides)
                        tracer and sampler
 =====================  ===============================  =====================================
 
-The decision itself (ratio by trace id, parent-based) is :mod:`litestar_omnii_obs.sampling`'s.
+The decision itself (ratio by trace id, parent-based) is :mod:`litestar_omnii_obs._internal.sampling`'s.
 :meth:`RequestObserver.before_send` sets the status and adds ``X-Request-ID`` at the response
 start, and calls :meth:`RequestObserver._close` at the last body byte (the record, the duration
-point, :func:`~litestar_omnii_obs.exchange.end_server_span`); the middleware's
+point, :func:`~litestar_omnii_obs._internal.exchange.end_server_span`); the middleware's
 :meth:`RequestObserver._finish` runs after the response is sent (a 5xx's ERROR line).
 """
 
@@ -56,19 +56,19 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from litestar_omnii_obs import runtime
-from litestar_omnii_obs._compat import otel_context_var
-from litestar_omnii_obs.attributes import KNOWN_METHODS
-from litestar_omnii_obs.exchange import Exchange, end_server_span, trace_request
-from litestar_omnii_obs.scrubbing import SecretScrubber
-from litestar_omnii_obs.sentry import new_request_breadcrumbs, request_logger
+from litestar_omnii_obs._internal import runtime
+from litestar_omnii_obs._internal._compat import otel_context_var
+from litestar_omnii_obs._internal.attributes import KNOWN_METHODS
+from litestar_omnii_obs._internal.exchange import Exchange, end_server_span, trace_request
+from litestar_omnii_obs._internal.scrubbing import SecretScrubber
+from litestar_omnii_obs._internal.sentry import new_request_breadcrumbs, request_logger
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-    from litestar_omnii_obs.config import ObservabilityConfig
-    from litestar_omnii_obs.durations import RequestDurations
-    from litestar_omnii_obs.tracing import Telemetry
+    from litestar_omnii_obs._internal.config import ObservabilityConfig
+    from litestar_omnii_obs._internal.durations import RequestDurations
+    from litestar_omnii_obs._internal.tracing import Telemetry
 
 __all__ = ["ObserverMiddleware", "RequestObserver"]
 

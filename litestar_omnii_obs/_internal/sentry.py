@@ -6,7 +6,7 @@ plugin captures through Litestar's own hooks instead and turns framework
 auto-instrumentation off (``auto_enabling_integrations=False``).
 
 Performance data: by default (``sentry.traces="otlp"``) the spans the plugin already
-exports also go to Sentry's OTLP traces endpoint (see :mod:`litestar_omnii_obs.otlp`),
+exports also go to Sentry's OTLP traces endpoint (see :mod:`litestar_omnii_obs._internal.otlp`),
 and error events carry the trace and span id of the OpenTelemetry span that was
 current, through sentry-sdk's external propagation context. ``"sdk"`` uses
 sentry-sdk's ``SentrySpanProcessor`` instead, for Sentry servers without OTLP ingestion.
@@ -37,16 +37,16 @@ from opentelemetry import trace
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.scope import register_external_propagation_context, remove_external_propagation_context
 
-from litestar_omnii_obs import runtime
-from litestar_omnii_obs._compat import QuietHttpTransport
-from litestar_omnii_obs.config import ObservabilityConfig, redact_url
-from litestar_omnii_obs.scrubbing import DEFAULT_SCRUB_KEYS, SecretScrubber
+from litestar_omnii_obs._internal import runtime
+from litestar_omnii_obs._internal._compat import QuietHttpTransport
+from litestar_omnii_obs._internal.config import ObservabilityConfig, redact_url
+from litestar_omnii_obs._internal.scrubbing import DEFAULT_SCRUB_KEYS, SecretScrubber
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
     from sentry_sdk.transport import Transport
 
-    from litestar_omnii_obs._compat import Event, Hint
+    from litestar_omnii_obs._internal._compat import Event, Hint
 
 __all__ = ["DEFAULT_SCRUB_KEYS", "SecretScrubber", "SentryReporter", "capture_error", "start_sentry"]
 

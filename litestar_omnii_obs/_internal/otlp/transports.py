@@ -4,7 +4,7 @@ Both send the bytes :mod:`.encoding` produced as they are (no protobuf objects, 
 private hooks) and share one interface, ``send(body, spans) -> bool``: it never raises,
 each attempt takes at most about ``timeout`` seconds, and a peer that is down gets its
 requests kept (bounded) and sent when a probe finds it back. When to try, what to log and
-what was lost is the transport's :class:`~litestar_omnii_obs.health.PeerHealth`'s job.
+what was lost is the transport's :class:`~litestar_omnii_obs._internal.health.PeerHealth`'s job.
 Credentials in an endpoint URL (``user:password@``) are sent as HTTP Basic authorization,
 never kept in the URL, and never logged.
 """
@@ -29,8 +29,8 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from litestar_omnii_obs.config import redact_url
-from litestar_omnii_obs.health import (
+from litestar_omnii_obs._internal.config import redact_url
+from litestar_omnii_obs._internal.health import (
     OUTAGE_OVERFLOW,
     PROBE_INTERVAL,
     REFUSED,

@@ -167,7 +167,7 @@ class Result:
     failure: str | None = None
     note: str = ""
 
-    def per_request(self, key: str) -> float | None:
+    def needs_request_setup(self, key: str) -> float | None:
         return self.delivered[key] / self.sent if key in self.delivered and self.sent else None
 
 

@@ -132,7 +132,7 @@ def inprocess_table(results: dict[str, Result]) -> str:
                 target,
                 f"{statistics.median(r.wall):.1f}",
                 str(r.log_lines),
-                _delivered(r.per_request),
+                _delivered(r.needs_request_setup),
             ]
         )
     header = ["variant", "CPU µs/req", "µs over bare", "spread (min … max)", "target", "wall µs/req", "log lines"]
@@ -285,10 +285,10 @@ def comparison_table(results: dict[str, Result], http: dict[str, Summary] | None
         cells = []
         for feature in FEATURES:
             cell = "✓" if feature in v.features else "—"
-            if feature == "traces" and feature in v.features and (spans := r.per_request("spans")) is not None:
+            if feature == "traces" and feature in v.features and (spans := r.needs_request_setup("spans")) is not None:
                 cell += f" ({spans:.2f} spans/req)"
             if feature == "Sentry perf" and feature in v.features:
-                spans, envelopes = r.per_request("sentry spans"), r.per_request("sentry")
+                spans, envelopes = r.needs_request_setup("sentry spans"), r.needs_request_setup("sentry")
                 if spans:
                     cell += f" ({spans:.2f} spans/req)"
                 elif envelopes is not None:

@@ -2,7 +2,7 @@
 
 The span and the metric point go through the exporter builders the app's lifespan uses
 (:func:`~litestar_omnii_obs._internal.tracing.build_span_exporter`,
-:func:`~litestar_omnii_obs._internal.tracing.build_metric_exporter_for`), the event through the app's
+:func:`~litestar_omnii_obs._internal.tracing.metric_exporter_from_config`), the event through the app's
 Sentry path, so a check that passes means the app's own pipes work. Every check is bounded by
 its timeout, even against a dead peer.
 """
@@ -129,11 +129,11 @@ def _check_traces(config: ObservabilityConfig, timeout: float, errors: _Exporter
 
 
 def _check_metrics(config: ObservabilityConfig, timeout: float, errors: _ExporterErrors) -> tuple[bool, str]:
-    """One metric point through the exporter the app builds (``tracing.build_metric_exporter_for``)."""
+    """One metric point through the exporter the app builds (``tracing.metric_exporter_from_config``)."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
 
-    from litestar_omnii_obs._internal.tracing import build_metric_exporter_for, build_resource
+    from litestar_omnii_obs._internal.tracing import build_resource, metric_exporter_from_config
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(resource=build_resource(config), metric_readers=[reader], shutdown_on_exit=False)
@@ -143,7 +143,7 @@ def _check_metrics(config: ObservabilityConfig, timeout: float, errors: _Exporte
     provider.shutdown()
     if data is None:
         return False, "no metric point was produced"
-    exporter = build_metric_exporter_for(_bounded(config, timeout))
+    exporter = metric_exporter_from_config(_bounded(config, timeout))
     try:
         ok = exporter.export(data, timeout_millis=timeout * 1000) is MetricExportResult.SUCCESS
     finally:

@@ -40,7 +40,7 @@ Sampler = Literal[
     "parentbased_always_off",
     "parentbased_traceidratio",
 ]
-Protocol = Literal["grpc", "http/protobuf"]
+OtlpProtocol = Literal["grpc", "http/protobuf"]
 SentryTraces = Literal["otlp", "sdk", "off"]
 TracesExporter = Literal["otlp", "console", "none"]
 OtlpExporter = Literal["otlp", "none"]
@@ -166,11 +166,11 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Traces endpoint used as is (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); ``None``: ``otlp_endpoint``."""
     otlp_metrics_endpoint: str | None = None
     """Metrics endpoint used as is (``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``); ``None``: ``otlp_endpoint``."""
-    otlp_protocol: Protocol = "grpc"
+    otlp_protocol: OtlpProtocol = "grpc"
     """``grpc`` or ``http/protobuf`` (``OTEL_EXPORTER_OTLP_PROTOCOL``)."""
-    otlp_traces_protocol: Protocol | None = None
+    otlp_traces_protocol: OtlpProtocol | None = None
     """Protocol for traces (``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``); ``None``: ``otlp_protocol``."""
-    otlp_metrics_protocol: Protocol | None = None
+    otlp_metrics_protocol: OtlpProtocol | None = None
     """Protocol for metrics (``OTEL_EXPORTER_OTLP_METRICS_PROTOCOL``); ``None``: ``otlp_protocol``."""
     otlp_headers: tuple[tuple[str, str], ...] = ()
     """Headers sent to the collector (``OTEL_EXPORTER_OTLP_HEADERS``); values are never printed."""
@@ -205,7 +205,7 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds the shutdown may spend flushing spans (``OMNII_OBS_SHUTDOWN_TIMEOUT``)."""
     export_timeout: float = 5.0
     """Seconds one OTLP export may take (``OMNII_OBS_EXPORT_TIMEOUT``)."""
-    use_global_provider: bool = True
+    use_app_provider: bool = True
     """If the app already installed its own SDK ``TracerProvider``, use it (``OMNII_OBS_USE_APP_PROVIDER``)."""
     set_global_provider: bool = True
     """Route OpenTelemetry's global tracer to this app's provider so user spans nest under the request span."""

@@ -23,7 +23,7 @@ from litestar_omnii_obs._internal.config import (
     ConfigError,
     ObservabilityConfig,
     OtlpExporter,
-    Protocol,
+    OtlpProtocol,
     Sampler,
     SentryTraces,
     TracesExporter,
@@ -218,7 +218,7 @@ def _sink(value: str) -> str:
 
 
 _SAMPLERS: tuple[str, ...] = get_args(Sampler)
-_PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+_PROTOCOLS: tuple[str, ...] = get_args(OtlpProtocol)
 _SENTRY_TRACES: tuple[str, ...] = get_args(SentryTraces)
 _TRACES_EXPORTERS: tuple[str, ...] = get_args(TracesExporter)
 _OTLP_EXPORTERS: tuple[str, ...] = get_args(OtlpExporter)
@@ -326,7 +326,7 @@ VARIABLES: tuple[EnvVar, ...] = (
     EnvVar("OMNII_OBS_TRACES_CONSOLE", "tracing.console", _bool, _BOOL),
     EnvVar("OMNII_OBS_SHUTDOWN_TIMEOUT", "tracing.shutdown_timeout", *_seconds(0.0, 120.0)),
     EnvVar("OMNII_OBS_EXPORT_TIMEOUT", "tracing.export_timeout", *_seconds(0.1, 60.0)),
-    EnvVar("OMNII_OBS_USE_APP_PROVIDER", "tracing.use_global_provider", _bool, _BOOL),
+    EnvVar("OMNII_OBS_USE_APP_PROVIDER", "tracing.use_app_provider", _bool, _BOOL),
 )
 
 BY_NAME: dict[str, EnvVar] = {var.name: var for var in VARIABLES}

@@ -45,7 +45,7 @@ class Exchange(msgspec.Struct):
     parent: Context | None = None  # the caller's context (baggage), kept current under the span
     # The span's ids, read without building its SpanContext: the trace id as the 32 hex digits that
     # X-Request-ID and the metric line both carry (formatted once), the span id (b"" and 0 without tracing).
-    request_id: bytes = b""
+    trace_hex: bytes = b""
     span_id: int = 0
     status: int = 500
     exc: BaseException | None = None
@@ -80,7 +80,7 @@ def trace_request(
         _trace_foreign(telemetry, scope, exchange, route, scrubber)
         return
     sampled, trace_id = sampling.sample_root()
-    exchange.request_id = b"%032x" % trace_id
+    exchange.trace_hex = b"%032x" % trace_id
     if sampled:
         _start_span(telemetry, scope, exchange, route, scrubber, trace_id, None)
     else:  # most requests in production: ids only, nothing else is computed
@@ -98,7 +98,7 @@ def _trace_joined(
         _trace_foreign(telemetry, scope, exchange, route, scrubber)
         return
     sampled, trace_id, parent_context = telemetry.sample_joined(exchange.parent)
-    exchange.request_id = b"%032x" % trace_id
+    exchange.trace_hex = b"%032x" % trace_id
     if sampled:
         _start_span(telemetry, scope, exchange, route, scrubber, trace_id, parent_context)
     else:
@@ -135,7 +135,7 @@ def _trace_foreign(
         lambda: server_span_attributes(scope, method, route, scrubber),
     )
     context = span.get_span_context()
-    exchange.span, exchange.request_id, exchange.span_id = span, b"%032x" % context.trace_id, context.span_id
+    exchange.span, exchange.trace_hex, exchange.span_id = span, b"%032x" % context.trace_id, context.span_id
 
 
 def end_server_span(exchange: Exchange, error: str | None) -> None:

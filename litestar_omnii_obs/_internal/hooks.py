@@ -135,7 +135,7 @@ class RequestObserver:
         self._telemetry: Telemetry | None = None
         self._durations: RequestDurations | None = None
         self._record: runtime.LatencyRecorder | None = None
-        self._telemetry_on_close = False
+        self._closes_telemetry = False
         self._failed = False
         self.bind(None, None)
 
@@ -149,7 +149,7 @@ class RequestObserver:
         self._durations = None if telemetry is None else telemetry.request_duration
         # Whether closing a request has more to do than the record: a histogram, or spans that can be recorded.
         sampling = None if telemetry is None else telemetry.sampling
-        self._telemetry_on_close = self._durations is not None or (
+        self._closes_telemetry = self._durations is not None or (
             telemetry is not None and (sampling is None or not sampling.never)
         )
         if not self._record_latency:
@@ -189,7 +189,7 @@ class RequestObserver:
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:
             nonlocal handler, route
             app_runtime = self._runtime
-            if app_runtime is not None and app_runtime.per_request:
+            if app_runtime is not None and app_runtime.needs_request_setup:
                 self._set_up_request(app_runtime)
             if scope["route_handler"] is not handler:
                 handler = scope["route_handler"]
@@ -210,7 +210,7 @@ class RequestObserver:
         return observe
 
     def _set_up_request(self, app_runtime: runtime.Runtime) -> None:
-        """Per-request set-up, only when there is some (see ``Runtime.per_request``)."""
+        """Per-request set-up, only when there is some (see ``Runtime.needs_request_setup``)."""
         if len(runtime.RUNNING) > 1:  # log_metric & co. in this request find this app (alone, it is found anyway)
             runtime.set_current(app_runtime)
         if app_runtime.sentry is not None:
@@ -300,7 +300,7 @@ class RequestObserver:
                     self._close(state, exchange)
             elif kind == "http.response.start":
                 exchange.status = event["status"]
-                if exchange.request_id or exchange.exc is not None:
+                if exchange.trace_hex or exchange.exc is not None:
                     self._start_response(state, exchange, event)
         except Exception:
             self._log_failure()
@@ -308,9 +308,9 @@ class RequestObserver:
     # ------------------------------------------------------------------ internals
 
     def _start_response(self, state: dict[str, Any], exchange: Exchange, event: dict[str, Any]) -> None:
-        if exchange.request_id:
+        if exchange.trace_hex:
             headers = event.get("headers")
-            request_id = (b"x-request-id", exchange.request_id)
+            request_id = (b"x-request-id", exchange.trace_hex)
             event["headers"] = [*headers, request_id] if headers else [request_id]
         if exchange.exc is not None and exchange.status in self._capture_statuses:
             self._report(state, exchange)
@@ -324,8 +324,8 @@ class RequestObserver:
             error = None if status < 500 else self._server_error(exchange)
             record = self._record
             if record is not None:
-                record(exchange.route, exchange.method, status, duration, error, exchange.request_id, exchange.span_id)
-            if self._telemetry_on_close:
+                record(exchange.route, exchange.method, status, duration, error, exchange.trace_hex, exchange.span_id)
+            if self._closes_telemetry:
                 self._close_telemetry(state, exchange, duration, error)
         except Exception:
             self._log_failure()
@@ -352,7 +352,7 @@ class RequestObserver:
         return type(exc).__qualname__
 
     def _log_server_error(self, exchange: Exchange, exc: BaseException) -> None:
-        trace_id = exchange.request_id.decode() or "-"
+        trace_id = exchange.trace_hex.decode() or "-"
         request_logger.error(
             "%s %s -> %d: %s (trace_id=%s)",
             exchange.method,
@@ -384,7 +384,7 @@ class RequestObserver:
                 status=exchange.status,
                 headers=headers,
                 user_id=None if user_id is None else str(user_id),
-                trace_id=exchange.request_id.decode() or None,
+                trace_id=exchange.trace_hex.decode() or None,
             )
         finally:
             if token is not None:

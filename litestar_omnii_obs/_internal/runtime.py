@@ -57,8 +57,8 @@ class Runtime:
     __slots__ = (
         "config",
         "metric_observers",
+        "needs_request_setup",
         "operation_observers",
-        "per_request",
         "request_observers",
         "running",
         "sentry",
@@ -80,7 +80,7 @@ class Runtime:
         self.running = False
         #: Whether the request hook has something to set up on each request: Sentry's per-request
         #: breadcrumbs, or this app's context while several apps run (kept by :func:`enter` and :func:`leave`).
-        self.per_request = False
+        self.needs_request_setup = False
 
     def record(self, metric: MetricRecord, context: trace.SpanContext | None = None) -> None:
         """Write ``metric`` with ``context``'s ids (default: the current span's) and tell the observers."""
@@ -168,7 +168,7 @@ def enter(runtime: Runtime) -> None:
     with _lock:
         runtime.running = True
         RUNNING.append(runtime)
-        _settle_per_request()
+        _settle_request_setup()
     _current.set(runtime)
 
 
@@ -177,14 +177,14 @@ def leave(runtime: Runtime) -> None:
         runtime.running = False
         if runtime in RUNNING:
             RUNNING.remove(runtime)
-        runtime.per_request = False
-        _settle_per_request()
+        runtime.needs_request_setup = False
+        _settle_request_setup()
 
 
-def _settle_per_request() -> None:
+def _settle_request_setup() -> None:
     several = len(RUNNING) > 1
     for runtime in RUNNING:
-        runtime.per_request = several or runtime.sentry is not None
+        runtime.needs_request_setup = several or runtime.sentry is not None
 
 
 #: Make a runtime current for this request's task (the middleware does, while several apps run).

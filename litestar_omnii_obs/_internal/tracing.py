@@ -59,7 +59,7 @@ from litestar_omnii_obs._internal.shared import route_global_provider
 
 __all__ = [
     "Telemetry",
-    "build_metric_exporter_for",
+    "metric_exporter_from_config",
     "build_resource",
     "build_span_exporter",
     "setup_telemetry",
@@ -106,7 +106,7 @@ class Telemetry:
         metric_exporter: DurationsExporter | None = None,
         ids: PresetTraceIds | None = None,
         server_spans: ServerSpans | None = None,
-        detachable: Sequence[_WhileRunning] = (),
+        detachable: Sequence[_ForwardUntilStopped] = (),
     ) -> None:
         self.config = config
         self.tracer_provider = tracer_provider
@@ -223,7 +223,7 @@ class Telemetry:
             self._log_filter.remove()
 
 
-class _WhileRunning(SpanProcessor):
+class _ForwardUntilStopped(SpanProcessor):
     """Forwards to ``inner`` until this app stops (the processor stays in a provider the app does not own)."""
 
     def __init__(self, inner: SpanProcessor) -> None:
@@ -265,7 +265,7 @@ def build_span_exporter(config: ObservabilityConfig, sentry_dsn: str | None) -> 
     return FanOutSpanExporter(targets) if targets else None
 
 
-def build_metric_exporter_for(config: ObservabilityConfig) -> MetricExporter:
+def metric_exporter_from_config(config: ObservabilityConfig) -> MetricExporter:
     """The OTLP metric exporter for the config's metrics endpoint and protocol (also used by ``obs check``)."""
     tracing = config.tracing
     protocol = tracing.otlp_metrics_protocol or tracing.otlp_protocol
@@ -311,7 +311,7 @@ def _build_telemetry(
     log_filter: ExportLogFilter,
 ) -> Telemetry:
     existing = trace.get_tracer_provider()
-    if config.tracing.use_global_provider and isinstance(existing, TracerProvider):
+    if config.tracing.use_app_provider and isinstance(existing, TracerProvider):
         return _adopt_provider(config, existing, extra_processors, capture_exporter, log_filter)
     tracing = config.tracing
     resource = build_resource(config)
@@ -356,9 +356,9 @@ def _adopt_provider(
     """The application's own provider (``OMNII_OBS_USE_APP_PROVIDER``): ours are added, removable on stop."""
     _logger.warning("using the application's own OpenTelemetry TracerProvider; not installing another")
     # The SDK cannot remove a span processor: ours stop forwarding when this app stops.
-    added = [_WhileRunning(p) for p in extra_processors]
+    added = [_ForwardUntilStopped(p) for p in extra_processors]
     if capture_exporter is not None:
-        added.append(_WhileRunning(SimpleSpanProcessor(capture_exporter)))
+        added.append(_ForwardUntilStopped(SimpleSpanProcessor(capture_exporter)))
     for detachable in added:
         existing.add_span_processor(detachable)
     return Telemetry(config, existing, log_filter, detachable=added)
@@ -398,7 +398,7 @@ def _metrics(
     durations = RequestDurations()
     durations.start_folding()
     metric_exporter = DurationsExporter(
-        build_metric_exporter_for(config),
+        metric_exporter_from_config(config),
         durations,
         PeerHealth(redact_url(metrics_endpoint) or metrics_endpoint, kind="OTLP metric export", unit="export"),
     )

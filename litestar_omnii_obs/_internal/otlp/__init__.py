@@ -17,7 +17,12 @@ from litestar_omnii_obs._internal.otlp.encoding import EncodedBatch, encode_span
 from litestar_omnii_obs._internal.otlp.exporter import FanOutSpanExporter
 from litestar_omnii_obs._internal.otlp.metrics import HTTP_EXTRA_HINT, build_metric_exporter
 from litestar_omnii_obs._internal.otlp.targets import CollectorTarget, OtlpProtocol, SentryTarget, Target, signal_url
-from litestar_omnii_obs._internal.otlp.transports import Compression, GrpcTransport, HttpTransport, Transport
+from litestar_omnii_obs._internal.otlp.transports import (
+    Compression,
+    OtlpGrpcTransport,
+    OtlpHttpTransport,
+    OtlpTransport,
+)
 
 __all__ = [
     "HTTP_EXTRA_HINT",
@@ -25,12 +30,12 @@ __all__ = [
     "Compression",
     "EncodedBatch",
     "FanOutSpanExporter",
-    "GrpcTransport",
-    "HttpTransport",
+    "OtlpGrpcTransport",
+    "OtlpHttpTransport",
     "OtlpProtocol",
     "SentryTarget",
     "Target",
-    "Transport",
+    "OtlpTransport",
     "build_metric_exporter",
     "encode_spans",
     "signal_url",

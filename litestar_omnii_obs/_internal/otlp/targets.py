@@ -9,7 +9,7 @@ Sentry whole or not at all whatever process made its spans.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
@@ -17,12 +17,18 @@ from sentry_sdk.consts import VERSION as SENTRY_SDK_VERSION
 from sentry_sdk.consts import EndpointType
 from sentry_sdk.utils import Dsn
 
+from litestar_omnii_obs._internal.config import OtlpProtocol
 from litestar_omnii_obs._internal.health import PROBE_INTERVAL, PeerHealth
-from litestar_omnii_obs._internal.otlp.transports import MAX_KEPT, Compression, GrpcTransport, HttpTransport, Transport
+from litestar_omnii_obs._internal.otlp.transports import (
+    MAX_KEPT,
+    Compression,
+    OtlpGrpcTransport,
+    OtlpHttpTransport,
+    OtlpTransport,
+)
 
 __all__ = ["CollectorTarget", "OtlpProtocol", "SentryTarget", "Target", "signal_url"]
 
-OtlpProtocol = Literal["grpc", "http/protobuf"]
 _TRACE_ID_LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
 
 
@@ -47,7 +53,7 @@ class Target:
     a fraction; the fan-out exporter encodes once and sends each target its spans.
     """
 
-    def __init__(self, transport: Transport, rate: float = 1.0) -> None:
+    def __init__(self, transport: OtlpTransport, rate: float = 1.0) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError("rate must be in [0, 1]")
         self.transport = transport
@@ -107,12 +113,12 @@ class CollectorTarget(Target):
         max_kept: int = MAX_KEPT,
         max_backoff: float = 60.0,
     ) -> None:
-        transport: Transport
+        transport: OtlpTransport
         if protocol == "grpc":
             address = traces_endpoint or endpoint
             if not address:
                 raise ValueError("no OTLP endpoint for traces")
-            transport = GrpcTransport(
+            transport = OtlpGrpcTransport(
                 address,
                 headers=headers,
                 timeout=timeout,
@@ -125,7 +131,7 @@ class CollectorTarget(Target):
             )
         elif protocol == "http/protobuf":
             url = signal_url(endpoint, traces_endpoint, "traces")
-            transport = HttpTransport(
+            transport = OtlpHttpTransport(
                 url,
                 headers=headers,
                 timeout=timeout,
@@ -159,7 +165,7 @@ class SentryTarget(Target):
         max_kept: int = MAX_KEPT,
         max_backoff: float = 60.0,
     ) -> None:
-        transport = HttpTransport(
+        transport = OtlpHttpTransport(
             url,
             headers={"X-Sentry-Auth": auth_header},
             timeout=timeout,

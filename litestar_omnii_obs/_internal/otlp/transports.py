@@ -41,7 +41,7 @@ from litestar_omnii_obs._internal.health import (
     sentry_rate_limit,
 )
 
-__all__ = ["Compression", "GrpcTransport", "HttpTransport", "Transport", "split_credentials"]
+__all__ = ["Compression", "OtlpGrpcTransport", "OtlpHttpTransport", "OtlpTransport", "split_credentials"]
 
 
 Compression = Literal["gzip", "none"]
@@ -98,7 +98,7 @@ def _partial_success(response: bytes) -> tuple[int, str]:
     return partial.rejected_spans, partial.error_message
 
 
-class Transport(ABC):
+class OtlpTransport(ABC):
     """Sends OTLP request bytes to one endpoint; never raises, each attempt bounded by ``timeout``.
 
     Why one interface: the fan-out exporter treats a collector over gRPC, a collector over
@@ -242,7 +242,7 @@ def _http_headers(headers: Mapping[str, str] | None, basic: str | None, *, gzipp
     return result
 
 
-class HttpTransport(Transport):
+class OtlpHttpTransport(OtlpTransport):
     """OTLP/HTTP: a POST of ``application/x-protobuf`` through urllib3 (already here via sentry-sdk).
 
     ``url`` is the full signal URL (``.../v1/traces``, or Sentry's OTLP traces URL). One
@@ -318,7 +318,7 @@ def _grpc_metadata(headers: Mapping[str, str] | None, basic: str | None) -> tupl
     return tuple(metadata)
 
 
-class GrpcTransport(Transport):
+class OtlpGrpcTransport(OtlpTransport):
     """OTLP/gRPC: a generic unary call to ``TraceService/Export`` sending the request bytes as they are.
 
     TLS for ``https`` endpoints and for endpoints without a scheme, plaintext for ``http``

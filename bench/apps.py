@@ -133,4 +133,39 @@ def build(name: str) -> Any:
     return BUILDERS[variants.get(name).app]()
 
 
-app = build(os.environ.get("BENCH_VARIANT", variants.BARE))
+#: What each app imports beyond Litestar: the cold-start table times these apart from building the app.
+IMPORTS: dict[str, tuple[str, ...]] = {
+    "bare": (),
+    "obs": ("litestar_omnii_obs",),
+    "litestar-otel": (
+        "litestar.plugins.opentelemetry",
+        "opentelemetry.sdk.trace",
+        "opentelemetry.sdk.trace.export",
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    ),
+    "sentry-litestar": ("sentry_sdk", "sentry_sdk.integrations.litestar"),
+    "logfire": (
+        "logfire",
+        "opentelemetry.sdk.trace.export",
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    ),
+    "prometheus": ("litestar.plugins.prometheus",),
+}
+
+
+def import_libraries(name: str) -> None:
+    """Import what variant ``name``'s app needs, without building it."""
+    import importlib
+
+    for module in IMPORTS[variants.get(name).app]:
+        importlib.import_module(module)
+
+
+def __getattr__(name: str) -> Any:
+    """``app``, built on first access (``uvicorn bench.apps:app``, ``from bench.apps import app``) from
+    BENCH_VARIANT, so importing this module builds nothing (the cold-start table times the two apart)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    built = build(os.environ.get("BENCH_VARIANT", variants.BARE))
+    globals()["app"] = built
+    return built

@@ -78,7 +78,7 @@ async def _receive() -> dict[str, Any]:
     return _REQUEST_MESSAGE
 
 
-class _Lifespan:
+class Lifespan:
     """The ASGI lifespan protocol, as a server runs it."""
 
     def __init__(self, app: Any) -> None:
@@ -104,7 +104,7 @@ class _Lifespan:
             await asyncio.wait_for(self.task, 60)
 
 
-async def _check(app: Any) -> None:
+async def check_response(app: Any) -> None:
     messages: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
@@ -133,10 +133,10 @@ async def _timed(app: Any, n: int, flush: Any) -> tuple[float, float]:
 
 
 async def _drive(app: Any, flush: Any, requests: int, repeats: int) -> dict[str, list[float]]:
-    lifespan = _Lifespan(app)
+    lifespan = Lifespan(app)
     await lifespan.startup()
     try:
-        await _check(app)
+        await check_response(app)
         await _timed(app, WARMUP_REQUESTS, flush)
         samples = [await _timed(app, requests, flush) for _ in range(repeats)]
         return {"cpu": [s[0] for s in samples], "wall": [s[1] for s in samples]}

@@ -11,8 +11,11 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.coldstart import PHASES, ColdResult
 from bench.inprocess import Result
 from bench.overhttp import Run, Summary, failures
+from bench.servers import PATH
+from bench.tail import LOAD_GENERATOR, P50_MAX, PERCENTILES, UNDERLOADED, TailSummary
 from bench.variants import BARE, FEATURES, VARIANTS
 
 DEAD_MAX = 1.10  # a dead-peer variant's p50 and p99 at most 10% above the same config with live peers
@@ -246,10 +249,130 @@ def dead_section(summaries: dict[str, Summary]) -> str:
     )
 
 
+# --------------------------------------------------------------------------- cold start
+
+
+def _cold_checks(r: ColdResult) -> list[tuple[str, float | None, float, str]]:
+    """(what, figure over bare, limit, unit) for each cold-start target of ``r``'s variant."""
+    if r.variant.target_cold is None:
+        return []
+    ms, mib = r.variant.target_cold
+    return [
+        ("process CPU", r.delta("cpu_ms"), ms, "ms"),
+        ("wall", r.delta("wall_ms"), ms, "ms"),
+        ("peak RSS", r.delta("rss_mib"), mib, "MiB"),
+    ]
+
+
+def _cold_verdicts(r: ColdResult) -> str:
+    """``≤ +60 ms, +8 MiB: process CPU PASS, wall PASS, peak RSS PASS`` for a variant with a cold-start target."""
+    checks = _cold_checks(r)
+    if not checks or r.variant.target_cold is None:
+        return ""
+    ms, mib = r.variant.target_cold
+    parts = [
+        f"{what} {'not measured' if value is None else verdict(value <= limit)}" for what, value, limit, _ in checks
+    ]
+    return f"≤ +{ms:g} ms, +{mib:g} MiB: " + ", ".join(parts)
+
+
+def _over_bare(r: ColdResult, attr: str, digits: int = 0) -> str:
+    if r.variant.name == BARE:
+        return f"{0:+.{digits}f}"
+    value = r.delta(attr)
+    return "" if value is None else f"{value:+.{digits}f}"
+
+
+def coldstart_table(results: dict[str, ColdResult], rounds: int) -> str:
+    header = ["variant", *(f"{p} ms" for p in PHASES), "process CPU ms", "over bare", "wall ms", "over bare"]
+    header += ["peak RSS MiB", "over bare", "target"]
+    rows: list[list[str]] = []
+    for name, r in results.items():
+        if not r.ok:
+            rows.append([f"`{name}`", "failed", *[""] * (len(header) - 3), r.failure()])
+            continue
+
+        rows.append(
+            [
+                f"`{name}`",
+                *(f"{r.phase(p):.0f}" for p in PHASES),
+                f"{r.median('cpu_ms'):.0f}",
+                _over_bare(r, "cpu_ms"),
+                f"{r.median('wall_ms'):.0f}",
+                _over_bare(r, "wall_ms"),
+                f"{r.median('rss_mib'):.1f}",
+                _over_bare(r, "rss_mib", 1),
+                _cold_verdicts(r),
+            ]
+        )
+    return (
+        f"A fresh process per run: import Litestar and what the app needs, build the app, lifespan start-up, one "
+        f"`GET {PATH}` through ASGI, lifespan shutdown, exit. Phases are the worker's CPU time "
+        "(`time.process_time()`, every thread), median over runs. Process CPU (user + system, interpreter "
+        "start and exit included) and wall time from spawn to exit are read by the parent with `os.wait4`; "
+        "peak RSS is the worker's `VmHWM` after shutdown. "
+        f"Each variant ran right after its own bare run, {rounds} round(s); over bare "
+        "is the median of each run minus that bare run. Targets are judged on process CPU, wall and peak RSS "
+        "over bare.\n\n" + md_table(header, rows)
+    )
+
+
+# --------------------------------------------------------------------------- fixed-rate tail latency
+
+
+def _tail_verdicts(s: TailSummary) -> str:
+    """``p99 ≤ 1.1x bare: PASS, p50 ≤ 1.05x: PASS`` for a variant with a tail target."""
+    target = s.variant.target_p99
+    if target is None:
+        return ""
+    p50, p99 = s.vs_bare.get("p50"), s.vs_bare.get("p99")
+    if p50 is None or p99 is None:
+        return f"p99 ≤ {target:g}x bare: not measured"
+    return f"p99 ≤ {target:g}x bare: {verdict(p99 <= target)}, p50 ≤ {P50_MAX:g}x: {verdict(p50 <= P50_MAX)}"
+
+
+def tail_table(summaries: dict[str, TailSummary], rate: float, duration: float, rounds: int) -> str:
+    header = ["variant", "req/s sent", *(f"{p} ms" for p in PERCENTILES), *(f"{p} / bare" for p in PERCENTILES)]
+    header += ["server CPU µs/req", "wrk CPU", "errors", "target"]
+    rows: list[list[str]] = []
+    for name, s in summaries.items():
+        if not s.runs:
+            rows.append([f"`{name}`", "failed", *[""] * (len(header) - 2)])
+            continue
+        sent = s.med_attr("rate")
+        note = "" if sent >= UNDERLOADED * rate else " (did not keep up)"
+        rows.append(
+            [
+                f"`{name}`",
+                f"{sent:,.0f}{note}",
+                *(f"{s.med(p):.2f}" for p in PERCENTILES),
+                *("" if p not in s.vs_bare else f"{s.vs_bare[p]:.2f}" for p in PERCENTILES),
+                f"{s.med_attr('server_cpu_us'):.0f}",
+                f"{s.med_attr('wrk_cpu_share'):.0%}",
+                str(sum(r.errors for r in s.runs)),
+                _tail_verdicts(s),
+            ]
+        )
+    return (
+        f"uvicorn (uvloop + httptools), 1 worker, `GET {PATH}` at {rate:,.0f} requests/s for {duration:g} s per run "
+        f"({rounds} round(s)), 1 s warm-up. Load generator: {LOAD_GENERATOR}; latency counts from when a request "
+        "was sent. Bare ran first, between every two variants and last: each variant's percentiles are over "
+        "the lower of the bare runs right before and after it (median over rounds; a burst of other work on "
+        "the shared machine only raises percentiles). wrk CPU is the load "
+        "generator's own CPU time over the run's wall time (share of one core; the server had the rest of "
+        "the machine). Server CPU is the server's, every thread, per request.\n\n" + md_table(header, rows)
+    )
+
+
 # --------------------------------------------------------------------------- targets and comparison
 
 
-def targets_section(results: dict[str, Result], http: dict[str, Summary] | None) -> str:
+def targets_section(
+    results: dict[str, Result],
+    http: dict[str, Summary] | None,
+    cold: dict[str, ColdResult] | None = None,
+    tail: dict[str, TailSummary] | None = None,
+) -> str:
     lines = []
     for v in VARIANTS:
         if v.target_us is not None and v.name in results:
@@ -273,6 +396,20 @@ def targets_section(results: dict[str, Result], http: dict[str, Summary] | None)
             lines.append(
                 f"- {verdict(count <= DEAD_MAX_LINES)} uvicorn `{v.name}` at most {DEAD_MAX_LINES} log lines: {count}"
             )
+    for name, r in (cold or {}).items():
+        for what, value, limit, unit in _cold_checks(r):
+            figure = "not measured" if value is None else f"{value:+.1f} {unit}"
+            ok = value is not None and value <= limit
+            lines.append(f"- {verdict(ok)} cold start `{name}` {what} ≤ +{limit:g} {unit} over bare: {figure}")
+    for name, t in (tail or {}).items():
+        target = t.variant.target_p99
+        if target is None:
+            continue
+        for p, limit in (("p99", target), ("p50", P50_MAX)):
+            value = t.vs_bare.get(p)
+            figure = "not measured" if value is None else f"{value:.2f}"
+            ok = value is not None and value <= limit
+            lines.append(f"- {verdict(ok)} uvicorn fixed-rate `{name}` {p} ≤ {limit:g}x bare's: {figure}")
     return "\n".join(lines) or "No target was measured."
 
 

@@ -3,7 +3,8 @@
 #
 # Installs what it needs (wrk from Debian's packages; bench/requirements.txt into .venv: uvloop, httptools,
 # granian, the anchors' libraries), then runs bench/driver.py: the in-process per-feature table, then wrk
-# against uvicorn (uvloop + httptools) and granian for every variant, each interleaved with bare Litestar.
+# against uvicorn (uvloop + httptools) and granian for every variant, each interleaved with bare Litestar,
+# then the cold-start table and the fixed-rate tail-latency table (uvicorn).
 # Prints markdown and writes it to bench/results/latest.md. Everything listens on 127.0.0.1 only.
 #
 # Knobs (environment):
@@ -15,6 +16,10 @@
 #   BENCH_SKIP_HTTP=1        skip the wrk tables
 #   BENCH_SKIP_INPROCESS=1   skip the in-process table
 #   BENCH_INPROC_REQUESTS=20000, BENCH_INPROC_REPEATS=5   in-process requests per variant, split into repeats
+#   BENCH_SKIP_COLD=1        skip the cold-start table; BENCH_COLD_ROUNDS=7 fresh processes per variant
+#   BENCH_SKIP_TAIL=1        skip the fixed-rate tail-latency table; BENCH_TAIL_RATE (req/s, default a third
+#                            of bare's saturation), BENCH_TAIL_DURATION=6 (s per run), BENCH_TAIL_ROUNDS=1
+#   BENCH_QUICK=1            a smoke run of every table, each cut short (a few minutes in all)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

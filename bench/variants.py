@@ -47,6 +47,10 @@ class Variant:
     """In-process target: at most this many µs of CPU per request over bare."""
     target_share: float | None = None
     """Over HTTP on the primary server: at least this share of bare's throughput."""
+    target_cold: tuple[float, float] | None = None
+    """Cold start (whole process, over bare): at most this many ms and MiB of peak RSS."""
+    target_p99: float | None = None
+    """Fixed-rate tail latency on the primary server: p99 at most this many times bare's p99."""
     live: str | None = None
     """For a dead-peer variant: the same configuration with live peers (p50/p99 within 10% of it)."""
     features: frozenset[str] = frozenset()
@@ -107,6 +111,7 @@ VARIANTS: tuple[Variant, ...] = (
         "plugin, default config with no peers (what `make run` does: no variable set at all)",
         _env(),
         target_us=8,
+        target_cold=(60, 8),
         features=frozenset({"latency records"}),
     ),
     Variant(
@@ -119,6 +124,8 @@ VARIANTS: tuple[Variant, ...] = (
         uses_sentry=True,
         target_us=15,
         target_share=0.85,
+        target_cold=(150, 18),
+        target_p99=1.1,
         features=_OURS | {"Sentry perf"},
     ),
     Variant(
@@ -147,6 +154,7 @@ VARIANTS: tuple[Variant, ...] = (
         uses_sentry=True,
         target_us=40,
         target_share=0.60,
+        target_p99=1.3,
         features=_OURS,
     ),
     Variant(

@@ -11,6 +11,7 @@ Run it with ``make run`` and call it::
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import cast, get_args
 
 import msgspec
@@ -20,6 +21,7 @@ from litestar.params import FromPath, JSONBody
 
 from litestar_omnii_obs import (
     GraphQueryMetric,
+    ObservabilityConfig,
     ObservabilityPlugin,
     SyncMetric,
     SyncSource,
@@ -28,6 +30,10 @@ from litestar_omnii_obs import (
 )
 
 SOURCES: tuple[str, ...] = get_args(SyncSource)
+
+#: This service's own name and version; the package's defaults are OpenTelemetry's (``unknown_service``,
+#: no version). Variables set in the environment still win.
+SERVICE = {"OTEL_SERVICE_NAME": "omnii-mcp", "APP_VERSION": "1.0.0"}
 
 
 class GraphQuery(msgspec.Struct):
@@ -82,5 +88,5 @@ async def boom() -> None:
 
 app = Litestar(
     route_handlers=[health, get_user, graph_query, sync, boom],
-    plugins=[ObservabilityPlugin()],  # configured by the environment (ObservabilityConfig.from_env())
+    plugins=[ObservabilityPlugin(ObservabilityConfig.from_env({**SERVICE, **os.environ}))],
 )

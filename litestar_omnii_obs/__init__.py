@@ -5,6 +5,7 @@ from litestar_omnii_obs._internal.config import (
     LatencyConfig,
     MetricsConfig,
     ObservabilityConfig,
+    SamplingContext,
     SentryConfig,
     TracingConfig,
 )
@@ -19,6 +20,7 @@ from litestar_omnii_obs._internal.records import (
     SyncMetric,
     SyncSource,
     TimedRecord,
+    WebSocketMetric,
 )
 from litestar_omnii_obs._internal.sentry import capture_error
 
@@ -33,12 +35,14 @@ __all__ = [
     "ObservabilityConfig",
     "ObservabilityPlugin",
     "OperationMetric",
+    "SamplingContext",
     "SentryConfig",
     "SyncMetric",
     "SyncSource",
     "TimedOperation",
     "TimedRecord",
     "TracingConfig",
+    "WebSocketMetric",
     "capture_error",
     "flush_metrics",
     "log_metric",

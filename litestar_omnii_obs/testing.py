@@ -8,23 +8,33 @@ Registered through the ``pytest11`` entry point, so installing the package is en
         (record,) = obs_capture.records(GraphQueryMetric)
         assert record.result_count == 3
 
-While the fixture is active, every app whose lifespan starts gets in-memory sinks
-besides its configured ones: metric records as typed records, finished spans through
+A test that asks for ``obs_capture`` gets it before any other function-scoped fixture (an
+autouse fixture requests it first), so an app started by a ``client`` fixture is captured
+whatever the order of the test's arguments. An app already running when the capture starts
+(one started by a module- or session-scoped fixture, or one an earlier test left running)
+would be missed, so the test errors at set-up and says what to do.
+
+While the capture is active, every app whose lifespan starts gets in-memory sinks besides
+its configured ones: metric records as typed records, finished spans through
 OpenTelemetry's own ``InMemorySpanExporter``, and Sentry events through a sentry-sdk
-``Transport`` that keeps them (after the same scrubbing as real events). The request
-hooks, the scrubber and the span code are the package's real ones; only where the data
-ends up differs. Sentry is on in captured apps even without a DSN, and spans are
-recorded by the app's sampler even without a collector. Nothing goes to Sentry (events nor
-spans), even with a ``SENTRY_DSN`` in the environment ``ObservabilityPlugin()`` reads; spans
-and metrics go to a collector only if the app's config names one.
+``Transport`` that keeps them (after the same scrubbing as real events). The request hooks,
+the scrubber and the span code are the package's real ones; only where the data ends up
+differs. Whatever the environment holds (``SENTRY_DSN``, ``OTEL_EXPORTER_OTLP_ENDPOINT``,
+``APP_ENV=production``): nothing leaves the process (no Sentry event, no span to Sentry or to
+a collector, no OTLP metric; lines meant for a file go to stdout, which pytest captures), Sentry
+is on (in memory) even without a DSN, and every span is
+recorded (sampler ``always_on``) unless the test is marked
+``@pytest.mark.obs_capture(sampling="app")``, which keeps the app's own sampler.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
+import msgspec
 import pytest
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -37,9 +47,14 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from sentry_sdk.envelope import Envelope
 
+    from litestar_omnii_obs._internal.config import ObservabilityConfig
+
 __all__ = ["ObservabilityCapture", "obs_capture"]
 
 R = TypeVar("R", bound=MetricRecord)
+#: ``all``: every span is recorded (sampler ``always_on``); ``app``: the app's own sampler decides.
+Sampling = Literal["all", "app"]
+SAMPLING_CHOICES: tuple[Sampling, ...] = ("all", "app")
 
 
 class _Forward(SpanExporter):
@@ -67,9 +82,16 @@ class _EventTransport(Transport):
 
 
 class ObservabilityCapture:
-    """Everything the apps started during one test produced, in memory."""
+    """Everything the apps started during one test produced, in memory.
 
-    def __init__(self) -> None:
+    ``sampling``: ``"all"`` (the default) records every span whatever sampler the app's
+    config names; ``"app"`` keeps the app's sampler (to test sampling itself).
+    """
+
+    def __init__(self, sampling: Sampling = "all") -> None:
+        if sampling not in SAMPLING_CHOICES:
+            raise ValueError(f"sampling={sampling!r}: expected one of {', '.join(SAMPLING_CHOICES)}")
+        self.sampling: Sampling = sampling
         self._lock = threading.Lock()
         self._metrics: list[MetricRecord] = []
         self._events: list[dict[str, Any]] = []
@@ -96,7 +118,7 @@ class ObservabilityCapture:
 
     @property
     def spans(self) -> tuple[ReadableSpan, ...]:
-        """Every finished span that the apps' samplers recorded."""
+        """Every finished span (all of them, unless the test asked for the app's sampler)."""
         return self._spans.get_finished_spans()
 
     def span(self, name: str) -> ReadableSpan:
@@ -122,6 +144,26 @@ class ObservabilityCapture:
 
     # ------------------------------------------------------------------ what apps call
 
+    def confine(self, config: ObservabilityConfig) -> ObservabilityConfig:
+        """``config`` with no collector endpoint and, unless the test asked for the app's own sampling,
+        sampler ``always_on`` and no ``traces_sampler``. A file sink named by the shell's
+        ``OMNII_OBS_METRICS_SINK`` (which a log shipper may tail) becomes stdout; a file the test's own code
+        names stays, for the test to read.
+
+        Sentry needs nothing here: a captured app's Sentry client has the in-memory transport, and its
+        spans never go to Sentry's OTLP endpoint.
+        """
+        tracing = msgspec.structs.replace(
+            config.tracing, otlp_endpoint=None, otlp_traces_endpoint=None, otlp_metrics_endpoint=None
+        )
+        metrics = config.metrics
+        if metrics.sink not in ("stdout", "stderr", "off") and metrics.sink == os.environ.get("OMNII_OBS_METRICS_SINK"):
+            metrics = msgspec.structs.replace(metrics, sink="stdout")  # the shell's file, which a shipper may tail
+        if self.sampling == "app":
+            return msgspec.structs.replace(config, tracing=tracing, metrics=metrics)
+        tracing = msgspec.structs.replace(tracing, sampler="always_on", sampler_arg=None)
+        return msgspec.structs.replace(config, tracing=tracing, metrics=metrics, traces_sampler=None)
+
     def on_metric(self, metric: MetricRecord) -> None:
         with self._lock:
             self._metrics.append(metric)
@@ -137,14 +179,69 @@ class ObservabilityCapture:
         return _EventTransport(self)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "obs_capture(sampling='all'): how obs_capture treats the apps' sampling: 'all' (default) records every "
+        "span, 'app' keeps the app's own sampler",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _obs_capture_before_apps(request: pytest.FixtureRequest) -> None:
+    """Set ``obs_capture`` up before the test's other function-scoped fixtures, whatever their order.
+
+    Autouse fixtures are set up first, so a ``client`` fixture that starts an app finds the
+    capture installed even when it is listed before ``obs_capture``.
+    """
+    if "obs_capture" in request.fixturenames:
+        request.getfixturevalue("obs_capture")
+
+
+def _sampling_asked(request: pytest.FixtureRequest) -> Sampling:
+    marker = request.node.get_closest_marker("obs_capture")
+    if marker is None:
+        return "all"
+    unknown = set(marker.kwargs) - {"sampling"}
+    sampling = marker.kwargs.get("sampling", "all")
+    if marker.args or unknown or sampling not in SAMPLING_CHOICES:
+        pytest.fail(
+            f"@pytest.mark.obs_capture{marker.args or ''}{marker.kwargs}: the marker takes only "
+            f"sampling={' or '.join(repr(c) for c in SAMPLING_CHOICES)}",
+            pytrace=False,
+        )
+    return sampling  # type: ignore[no-any-return]
+
+
+def _refuse_running_apps() -> None:
+    """Fail the test's set-up when an app is already running: the capture could not see it."""
+    started = runtime.running()
+    if not started:
+        return
+    apps = ", ".join(f"service {r.config.service_name!r} (environment {r.config.environment!r})" for r in started)
+    pytest.fail(
+        f"obs_capture: {len(started)} app(s) with ObservabilityPlugin already running when the capture started: "
+        f"{apps}. Their records, spans and Sentry events would not be captured, and they would still send to "
+        "the destinations their configuration names. Start the app after the capture: inside the test "
+        "(`with TestClient(app)` / `async with AsyncTestClient(app)`) or in a function-scoped fixture (in any "
+        "order with obs_capture). An app started by a module- or session-scoped fixture cannot be captured per "
+        "test; an app an earlier test left running must be shut down (leave its TestClient's `with` block).",
+        pytrace=False,
+    )
+
+
 @pytest.fixture
-def obs_capture() -> Iterator[ObservabilityCapture]:
+def obs_capture(request: pytest.FixtureRequest) -> Iterator[ObservabilityCapture]:
     """Capture the metric records, spans and Sentry events of every app started during the test.
 
-    Start the app inside the test (``with TestClient(app)`` / ``async with AsyncTestClient(app)``),
-    so its lifespan runs while the capture is installed.
+    Set up before the test's other function-scoped fixtures, so an app started by one of them is
+    captured; an app already running fails the test's set-up with what to do. Nothing the apps
+    make leaves the process, and every span is recorded unless the test is marked
+    ``@pytest.mark.obs_capture(sampling="app")``.
     """
-    capture = ObservabilityCapture()
+    sampling = _sampling_asked(request)
+    _refuse_running_apps()
+    capture = ObservabilityCapture(sampling)
     remove = runtime.install_capture(capture)
     try:
         yield capture

@@ -113,7 +113,8 @@ def test_config_shows_where_each_value_came_from_and_hides_secrets() -> None:
             assert secret not in result.stdout + result.stderr
 
     assert row(text.stdout, "environment") == ["environment", "staging", "environment", "APP_ENV"]
-    assert row(text.stdout, "version") == ["version", "1.0.0", "default", "APP_VERSION"]
+    # example_app sets its own name and version in code (the package's defaults are OpenTelemetry's).
+    assert row(text.stdout, "version") == ["version", "1.0.0", "code", "APP_VERSION"]
 
     rows = {r["name"]: r for r in parsed(as_json)["config"]}
     assert rows["sentry.dsn"] == {
@@ -126,7 +127,7 @@ def test_config_shows_where_each_value_came_from_and_hides_secrets() -> None:
     assert rows["tracing.otlp_headers"]["source"] == "environment"
     assert rows["tracing.otlp_endpoint"]["variable"] == "OTEL_EXPORTER_OTLP_ENDPOINT"
     assert rows["tracing.otlp_endpoint"]["source"] == "environment"
-    assert rows["service_name"]["source"] == "default"
+    assert (rows["service_name"]["value"], rows["service_name"]["source"]) == ("omnii-mcp", "code")
     assert rows["sentry.capture_status_codes"]["value"] == "500-599"
     assert rows["tracing.set_global_provider"] == {
         "name": "tracing.set_global_provider",

@@ -14,7 +14,8 @@ DSN = "https://abcdef0123456789@o1.ingest.example.invalid/42"
 def test_defaults_without_any_variable() -> None:
     config = ObservabilityConfig.from_env({})
     assert config == ObservabilityConfig()
-    assert (config.environment, config.version, config.service_name) == ("development", "1.0.0", "omnii-mcp")
+    # OpenTelemetry's default service name and no invented version (sentry-sdk then picks its own release).
+    assert (config.environment, config.version, config.service_name) == ("development", None, "unknown_service")
     assert config.latency.exclude_paths == ("/health",)
     assert config.metrics.sink == "stdout"
     assert config.sentry.dsn is None

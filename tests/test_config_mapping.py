@@ -22,6 +22,9 @@ from litestar_omnii_obs.testing import ObservabilityCapture
 from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver
 
+# These tests are about the sampling the app is configured with, so the capture keeps it.
+pytestmark = pytest.mark.obs_capture(sampling="app")
+
 
 @get("/ping")
 async def ping() -> str:
@@ -168,7 +171,7 @@ def test_metrics_exporter_none_sends_no_metric_while_spans_still_go(
     assert signals == {"traces"}  # the shutdown exported its spans; no metric request ever came
     assert receiver.metric_points(include_rejected=True) == []
     assert not [r for r in obs_log if "metric" in r.getMessage().lower() and r.levelno >= logging.WARNING]
-    assert plugin.runtime is None
+    assert plugin.tracer_provider is None  # shut down
 
 
 def test_traces_exporter_none_sends_no_span_but_ids_and_metrics_stay(

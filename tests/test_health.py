@@ -6,13 +6,16 @@ Time is the ``clock`` the constructor takes, so windows are checked exactly, wit
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import pytest
 
 from litestar_omnii_obs._internal.health import (
     QUEUE_FULL,
     STILL_QUEUED,
+    Attempt,
     PeerHealth,
+    deliver_in_order,
     describe_failure,
     parse_retry_after,
     sentry_rate_limit,
@@ -147,3 +150,99 @@ def test_retry_after_and_sentry_rate_limits_parse() -> None:
     assert sentry_rate_limit("60:span;transaction:organization") == 60.0
     assert sentry_rate_limit("60:error:organization") is None
     assert sentry_rate_limit("30::organization, 90:span:project") == 90.0
+
+
+# --------------------------------------------------------------------------- deliver_in_order
+
+
+class ScriptedSender:
+    """A sender whose peer answers from a script (one outcome per attempt), recording what it sent."""
+
+    def __init__(self, health: PeerHealth, answers: list[Attempt], pause: float | None = None) -> None:
+        self.health = health
+        self.answers = answers
+        self.pause = pause  # a rate limit the peer announces with each accepted item
+        self.kept: deque[str] = deque()
+        self.sent: list[str] = []
+        self.tried: list[tuple[str, bool]] = []
+
+    def oldest_kept(self) -> str | None:
+        return self.kept[0] if self.kept else None
+
+    def forget_kept(self, item: str) -> None:
+        if self.kept and self.kept[0] is item:
+            self.kept.popleft()
+
+    def attempt(self, item: str, *, kept: bool) -> Attempt:
+        self.tried.append((item, kept))
+        outcome = self.answers.pop(0)
+        if outcome is Attempt.DELIVERED:
+            self.sent.append(item)
+            self.health.succeeded(1, self.pause)
+        elif outcome is Attempt.DOWN:
+            self.health.failed("connection refused")
+        elif outcome is Attempt.LOST:
+            self.health.lose(1, "refused by the server")
+        return outcome
+
+    def keep(self, item: str) -> None:
+        self.kept.append(item)
+
+
+def test_an_up_peer_gets_each_item_at_once(clock: Clock) -> None:
+    health = PeerHealth("http://peer", clock=clock)
+    sender = ScriptedSender(health, [Attempt.DELIVERED, Attempt.DELIVERED])
+    assert deliver_in_order(health, sender, "a")
+    assert deliver_in_order(health, sender, "b")
+    assert (sender.sent, list(sender.kept)) == (["a", "b"], [])
+
+
+def test_a_down_peer_keeps_items_and_gets_them_oldest_first_when_back(clock: Clock) -> None:
+    health = PeerHealth("http://peer", clock=clock)
+    sender = ScriptedSender(health, [Attempt.DOWN, Attempt.DELIVERED, Attempt.DELIVERED, Attempt.DELIVERED])
+    assert not deliver_in_order(health, sender, "a")  # the probe fails: kept
+    assert not deliver_in_order(health, sender, "b")  # within the probe window: kept, not tried
+    assert sender.tried == [("a", False)]
+    clock.now += health.probe_interval
+    assert deliver_in_order(health, sender, "c")
+    assert sender.sent == ["a", "b", "c"]
+    assert sender.tried[1:] == [("a", True), ("b", True), ("c", False)]
+    assert not sender.kept
+
+
+def test_a_kept_item_the_peer_refuses_is_dropped_and_the_rest_goes_on(clock: Clock) -> None:
+    health = PeerHealth("http://peer", clock=clock)
+    sender = ScriptedSender(health, [Attempt.LOST, Attempt.DELIVERED, Attempt.DELIVERED])
+    sender.kept.extend(["a", "b"])
+    assert deliver_in_order(health, sender, "c")
+    assert (sender.sent, list(sender.kept)) == (["b", "c"], [])
+    assert health.lost() == {"refused by the server": 1}
+
+
+def test_a_probe_that_fails_again_keeps_the_new_item_behind_the_old_ones(clock: Clock) -> None:
+    health = PeerHealth("http://peer", clock=clock)
+    sender = ScriptedSender(health, [Attempt.DOWN])
+    sender.kept.extend(["a"])
+    assert not deliver_in_order(health, sender, "b")
+    assert list(sender.kept) == ["a", "b"]
+
+
+def test_a_rate_limit_on_an_accepted_item_holds_the_rest(clock: Clock) -> None:
+    health = PeerHealth("http://peer", clock=clock)
+    sender = ScriptedSender(health, [Attempt.DELIVERED], pause=5.0)
+    sender.kept.extend(["a", "b"])
+    assert not deliver_in_order(health, sender, "c")
+    assert (sender.sent, list(sender.kept)) == (["a"], ["b", "c"])
+
+
+def test_an_abandoned_sender_counts_the_new_item_once(clock: Clock) -> None:
+    health = PeerHealth("http://peer", clock=clock)
+    # ABANDONED on a kept item: the new item goes to keep(), whose job is to count it once the sender gave up.
+    sender = ScriptedSender(health, [Attempt.ABANDONED])
+    sender.kept.extend(["a"])
+    assert not deliver_in_order(health, sender, "b")
+    assert list(sender.kept) == ["a", "b"]
+    # ABANDONED on the new item: it was on the wire, counted by the sender's abandon: not kept again.
+    sender = ScriptedSender(health, [Attempt.ABANDONED])
+    assert not deliver_in_order(health, sender, "c")
+    assert not sender.kept

@@ -237,6 +237,7 @@ async def test_a_users_own_records_are_written_and_captured_typed(
         "environment": "development",
         "trace_id": None,
         "span_id": None,
+        "sampled": True,  # obs_capture records every span
     }
     raw = next(line for line in sink.read_bytes().splitlines() if b"cache_lookup" in line)
     assert raw.startswith(b'{"metric":"cache_lookup",')
@@ -359,6 +360,8 @@ def test_a_script_without_an_app_gets_every_line_before_it_exits() -> None:
     assert {line["metric"] for line in lines} == {"graph_query_duration"}
 
 
+# A child process whose stdout stalls: a slow real-process test, run by `make test`, not `make test-fast`.
+@pytest.mark.reliability
 def test_a_script_whose_stdout_nobody_reads_still_exits() -> None:
     # The exit-time write is bounded (metrics.shutdown_timeout): a full pipe cannot hold the process forever.
     script = (

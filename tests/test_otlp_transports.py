@@ -374,6 +374,8 @@ def test_http_5xx_backs_off_and_recovers(http_collector: OtlpHttpReceiver, statu
     assert len(http_collector.spans()) == made  # the failed request's spans were kept and sent
 
 
+# Waits out a real peer's timing (seconds): a slow real-server test, run by `make test`, not `make test-fast`.
+@pytest.mark.reliability
 @pytest.mark.parametrize("retry_after", ["2", "http-date"])
 def test_http_429_retry_after_stops_sending_for_the_window(
     http_collector: OtlpHttpReceiver, obs_log: list[logging.LogRecord], retry_after: str
@@ -398,6 +400,8 @@ def test_http_429_retry_after_stops_sending_for_the_window(
     assert len(http_collector.spans()) == 14
 
 
+# Waits out a real peer's timing (seconds): a slow real-server test, run by `make test`, not `make test-fast`.
+@pytest.mark.reliability
 def test_grpc_resource_exhausted_retry_info_is_honoured(grpc_collector: OtlpReceiver) -> None:
     target = CollectorTarget(grpc_collector.endpoint, **FAST)
     exporter = FanOutSpanExporter([target])
@@ -409,6 +413,8 @@ def test_grpc_resource_exhausted_retry_info_is_honoured(grpc_collector: OtlpRece
     assert wait_until(lambda: exporter.export(make_spans()) is SpanExportResult.SUCCESS, timeout=15)
 
 
+# Waits out a real peer's timing (seconds): a slow real-server test, run by `make test`, not `make test-fast`.
+@pytest.mark.reliability
 def test_sentry_rate_limits_header_stops_spans_for_its_window(
     grpc_collector: OtlpReceiver, ingest: SentryIngest, obs_log: list[logging.LogRecord]
 ) -> None:

@@ -11,6 +11,9 @@ from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, SentryConfig, TracingConfig
 from litestar_omnii_obs.testing import ObservabilityCapture
 
+# These tests are about the sampling the app is configured with, so the capture keeps it.
+pytestmark = pytest.mark.obs_capture(sampling="app")
+
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 
 

@@ -55,7 +55,7 @@ def test_user_code_can_add_to_the_server_span_and_children_nest(obs_capture: Obs
     assert [(e.name, dict(e.attributes or {})) for e in server.events] == [("cache.miss", {"key": "k"})]
     assert server.instrumentation_scope is not None
     assert server.instrumentation_scope.name == "litestar_omnii_obs"
-    assert server.resource.attributes["service.name"] == "omnii-mcp"
+    assert server.resource.attributes["service.name"] == "unknown_service"  # the app's resource: the default name
     assert server.start_time is not None
     assert server.end_time is not None
     assert server.start_time <= server.end_time

@@ -2,18 +2,25 @@
 
 The fixture comes from the ``pytest11`` entry point (the package is installed), not from
 ``tests/conftest.py``. The first tests drive an app in-process with Litestar's
-``AsyncTestClient`` (pytest-asyncio) and ``TestClient``; the last ones run small user test
-files in a nested pytest run (``pytester``, in-process; it loads its plugins through their
-entry points again) to show that a wrong assertion on the capture fails the user's test.
+``AsyncTestClient`` (pytest-asyncio) and ``TestClient``; then the capture can't lie: an app
+started by a fixture listed before ``obs_capture`` is captured, the shell's production
+variables (a DSN and a collector that are real peers on 127.0.0.1 here) receive nothing, and
+every span is recorded; the last ones run small user test files in a nested pytest run
+(``pytester``, in-process; it loads its plugins through their entry points again) to show that
+a wrong assertion on the capture fails the user's test and an app the capture cannot see
+fails it loudly.
 """
 
 from __future__ import annotations
 
 import socket
 import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from litestar import Litestar, get, post
 from litestar.params import FromPath
 from litestar.testing import AsyncTestClient, TestClient
@@ -29,6 +36,9 @@ from litestar_omnii_obs import (
     timed_operation,
 )
 from litestar_omnii_obs.testing import ObservabilityCapture
+from tests.conftest import read_lines
+from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.sentry_ingest import SentryIngest
 
 pytest_plugins = ["pytester"]
 
@@ -207,14 +217,168 @@ def test_sync_test_client_is_captured_the_same_way(obs_capture: ObservabilityCap
     ]
 
 
-# --------------------------------------------------------------------------- the README's example, verbatim
+# --------------------------------------------------------------------------- whatever the fixture order
+
+
+@pytest.fixture
+def factory_client() -> Iterator[TestClient[Litestar]]:
+    """A user's client fixture: the app's lifespan starts when the fixture is set up."""
+    with TestClient(app=create_app()) as started:
+        yield started
+
+
+@pytest_asyncio.fixture
+async def async_factory_client() -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=create_app()) as started:
+        yield started
+
+
+def test_an_app_started_by_a_fixture_listed_before_obs_capture_is_captured(
+    factory_client: TestClient[Litestar], obs_capture: ObservabilityCapture
+) -> None:
+    assert factory_client.post("/graph/query").json() == {"rows": 3}
+    assert factory_client.get("/boom").status_code == 500
+    (record,) = obs_capture.records(GraphQueryMetric)
+    assert record.result_count == 3
+    assert [(r.route, r.status) for r in obs_capture.records(ApiLatencyMetric)] == [
+        ("/graph/query", 200),
+        ("/boom", 500),
+    ]
+    (event,) = obs_capture.sentry_events
+    assert exception_types(event) == ["RuntimeError"]
+    assert obs_capture.span("GET /boom").attributes["http.response.status_code"] == 500  # type: ignore[index]
 
 
 @pytest.mark.asyncio
-async def test_graph_query_is_timed_and_failures_reach_sentry(obs_capture: ObservabilityCapture) -> None:
-    async with AsyncTestClient(app=app) as client:  # the app's lifespan starts inside the test
-        await client.post("/graph/query", json={"query": "MATCH (n) RETURN n"})
-        await client.get("/boom")
+async def test_an_async_client_fixture_listed_first_is_captured_too(
+    async_factory_client: AsyncTestClient[Litestar], obs_capture: ObservabilityCapture
+) -> None:
+    assert (await async_factory_client.get("/users/3")).status_code == 200
+    assert [r.route for r in obs_capture.records(ApiLatencyMetric)] == ["/users/{user_id}"]
+    assert [span.name for span in obs_capture.spans] == ["GET /users/{user_id}"]
+
+
+# --------------------------------------------------------------------------- whatever the shell holds
+
+SHELL_APP_REQUESTS = 20
+
+
+@pytest.fixture
+def shipped_file(tmp_path: Path) -> Path:
+    """The metric file a production shell names, which a log shipper would tail."""
+    return tmp_path / "metrics.jsonl"
+
+
+@pytest.fixture
+def production_shell(
+    monkeypatch: pytest.MonkeyPatch, shipped_file: Path
+) -> Iterator[tuple[SentryIngest, OtlpReceiver]]:
+    """The variables of a production shell, pointing at a real Sentry ingest and a real collector on 127.0.0.1."""
+    with SentryIngest() as ingest, OtlpReceiver() as collector:
+        monkeypatch.setenv("APP_ENV", "production")
+        monkeypatch.setenv("SENTRY_DSN", ingest.dsn)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "shell-service")
+        monkeypatch.setenv("OMNII_OBS_METRICS_SINK", str(shipped_file))
+        yield ingest, collector
+
+
+def run_app_from_the_environment() -> None:
+    """``ObservabilityPlugin()`` reads the shell; some requests, one failing, one ``capture_error``."""
+    with TestClient(Litestar([get_user, graph_query, boom], plugins=[ObservabilityPlugin()])) as started:
+        for user_id in range(SHELL_APP_REQUESTS):
+            assert started.get(f"/users/{user_id}").status_code == 200
+        assert started.post("/graph/query").status_code == 200
+        assert started.get("/boom").status_code == 500
+
+
+def test_without_obs_capture_these_variables_reach_the_peers(
+    production_shell: tuple[SentryIngest, OtlpReceiver], shipped_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The control for the test below: the same shell sends to both peers when nothing captures.
+    monkeypatch.setenv("SENTRY_TRACES_SAMPLE_RATE", "1.0")
+    ingest, collector = production_shell
+    run_app_from_the_environment()
+    assert exception_types(ingest.wait_for_events(1)[0]) == ["RuntimeError"]
+    assert len(ingest.wait_for_otlp_spans(1)) >= 1
+    assert len(collector.wait_for_spans(SHELL_APP_REQUESTS)) >= SHELL_APP_REQUESTS
+    assert collector.wait_for_metric("http.server.request.duration")
+    assert len(read_lines(shipped_file)) == SHELL_APP_REQUESTS + 4  # requests, graph query and its operation
+
+
+def test_nothing_leaves_the_process_whatever_the_shell_holds(
+    production_shell: tuple[SentryIngest, OtlpReceiver],
+    shipped_file: Path,
+    obs_capture: ObservabilityCapture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ingest, collector = production_shell
+    run_app_from_the_environment()  # returns after the app's shutdown flushed everything it would send
+    assert ingest.requests_received == 0, ingest.describe()
+    assert collector.requests_received == 0, collector.describe()
+    assert not shipped_file.exists()  # the lines went to stdout, which pytest captured
+    assert capsys.readouterr().out.count('"metric":"api_latency"') == SHELL_APP_REQUESTS + 2
+    # ...while the capture saw all of it, with the shell's labels.
+    (event,) = obs_capture.sentry_events
+    assert exception_types(event) == ["RuntimeError"]
+    assert event["environment"] == "production"
+    assert len(obs_capture.records(ApiLatencyMetric)) == SHELL_APP_REQUESTS + 2
+    assert len(obs_capture.records(GraphQueryMetric)) == 1
+
+
+def test_every_span_is_recorded_in_a_production_shell(
+    production_shell: tuple[SentryIngest, OtlpReceiver], obs_capture: ObservabilityCapture
+) -> None:
+    # APP_ENV=production samples 10% of traces; all 22 by chance would be one in 10**22.
+    run_app_from_the_environment()
+    server_spans = [span for span in obs_capture.spans if span.name.startswith(("GET ", "POST "))]
+    assert len(server_spans) == SHELL_APP_REQUESTS + 2
+    assert obs_capture.span("graph_query").parent is not None  # the handler's timed_operation, nested
+
+
+def test_every_span_is_recorded_even_when_the_shell_names_a_sampler(
+    obs_capture: ObservabilityCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    run_app_from_the_environment()
+    assert len([span for span in obs_capture.spans if span.name.startswith("GET /users")]) == SHELL_APP_REQUESTS
+
+
+def test_a_spotlight_sidecar_named_by_the_shell_gets_nothing_either(
+    obs_capture: ObservabilityCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SentryIngest() as sidecar:  # records every POST, whatever its path
+        monkeypatch.setenv("SENTRY_SPOTLIGHT", f"{sidecar.url}/stream")
+        run_app_from_the_environment()
+        assert len(obs_capture.sentry_events) == 1
+        assert sidecar.requests_received == 0, sidecar.describe()
+
+
+@pytest.mark.obs_capture(sampling="app")
+def test_a_test_can_ask_for_the_apps_own_sampler(
+    obs_capture: ObservabilityCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    run_app_from_the_environment()
+    assert obs_capture.sampling == "app"
+    assert [span.name for span in obs_capture.spans if span.name.startswith("GET /users")] == []
+    assert len(obs_capture.records(ApiLatencyMetric)) == SHELL_APP_REQUESTS + 2  # records do not depend on it
+
+
+# --------------------------------------------------------------------------- the README's example, verbatim
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient[Litestar]]:
+    with TestClient(app=app) as client:  # the app's lifespan starts here
+        yield client
+
+
+def test_graph_query_is_timed_and_failures_reach_sentry(
+    client: TestClient[Litestar], obs_capture: ObservabilityCapture
+) -> None:
+    client.post("/graph/query", json={"query": "MATCH (n) RETURN n"})
+    client.get("/boom")
 
     (query,) = obs_capture.records(GraphQueryMetric)
     assert query.result_count == 3
@@ -235,7 +399,7 @@ USER_APP = """
     from litestar.testing import AsyncTestClient
 
     from litestar_omnii_obs import (
-        ApiLatencyMetric, GraphQueryMetric, ObservabilityConfig, ObservabilityPlugin, capture_error, log_metric,
+        ApiLatencyMetric, GraphQueryMetric, ObservabilityPlugin, capture_error, log_metric,
     )
 
 
@@ -260,7 +424,7 @@ USER_APP = """
 
 
     def create_app() -> Litestar:
-        return Litestar([get_user, graph, boom], plugins=[ObservabilityPlugin(ObservabilityConfig.from_env({}))])
+        return Litestar([get_user, graph, boom], plugins=[ObservabilityPlugin()])
 """
 
 CORRECT_TEST = """
@@ -315,6 +479,46 @@ OWN_PROVIDER_TEST = """
             await client.get("/users/1")
         assert [r.route for r in obs_capture.records(ApiLatencyMetric)] == ["/users/{user_id}"]
         assert [span.name for span in obs_capture.spans] == ["GET /users/{user_id}"]
+"""
+
+
+CLIENT_FIXTURE_FIRST_TEST = """
+    import pytest
+    import pytest_asyncio
+
+
+    @pytest_asyncio.fixture
+    async def client():
+        async with AsyncTestClient(app=create_app()) as client:
+            yield client
+
+
+    @pytest.mark.asyncio
+    async def test_users_route_is_traced(client, obs_capture):
+        for user_id in range(20):
+            await client.get(f"/users/{user_id}")
+        assert len(obs_capture.records(ApiLatencyMetric)) == 20
+        assert len(obs_capture.spans) == 20
+"""
+
+APP_STARTED_TOO_EARLY_TESTS = """
+    import pytest
+    from litestar.testing import TestClient
+
+
+    @pytest.fixture(scope="module")
+    def client():
+        with TestClient(app=create_app()) as client:
+            yield client
+
+
+    def test_module_scoped_app(client, obs_capture):
+        client.get("/users/1")
+
+
+    @pytest.mark.obs_capture(sampling="sometimes")
+    def test_bad_marker(obs_capture):
+        pass
 """
 
 
@@ -383,3 +587,28 @@ def test_spans_are_captured_when_the_app_installed_its_own_tracer_provider(user_
     result = run_user_tests(user_pytester, OWN_PROVIDER_TEST, own_process=True)
     result.assert_outcomes(passed=1)
     assert_loaded_by_entry_point(result)
+
+
+def test_a_users_client_fixture_listed_first_sees_every_span_in_a_production_shell(
+    user_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SentryIngest() as ingest, OtlpReceiver() as collector:
+        monkeypatch.setenv("APP_ENV", "production")
+        monkeypatch.setenv("SENTRY_DSN", ingest.dsn)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+        result = run_user_tests(user_pytester, CLIENT_FIXTURE_FIRST_TEST)
+        result.assert_outcomes(passed=1)
+    assert (ingest.requests_received, collector.requests_received) == (0, 0)
+
+
+def test_an_app_the_capture_cannot_see_fails_the_test_with_what_to_do(user_pytester: pytest.Pytester) -> None:
+    result = run_user_tests(user_pytester, APP_STARTED_TOO_EARLY_TESTS)
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*obs_capture: 1 app(s) with ObservabilityPlugin already running when the capture started*"
+            "*Start the app after the capture: inside the test*or in a function-scoped fixture*",
+            "*the marker takes only sampling='all' or 'app'*",
+        ],
+        consecutive=False,
+    )

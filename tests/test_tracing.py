@@ -209,6 +209,8 @@ def test_dead_collector_never_breaks_requests_and_is_logged_once(sink: Path, obs
     assert len(read_lines(sink)) == 100
 
 
+# A collector stopped and restarted: a slow real-server test, run by `make test`, not `make test-fast`.
+@pytest.mark.reliability
 def test_export_resumes_when_the_collector_comes_back(sink: Path, obs_log: list[logging.LogRecord]) -> None:
     port = free_port()
     receiver = OtlpReceiver(port=port).start()
@@ -216,8 +218,7 @@ def test_export_resumes_when_the_collector_comes_back(sink: Path, obs_log: list[
     app = Litestar(route_handlers=[get_user], plugins=[plugin])
     try:
         with serve(app) as url, httpx.Client(base_url=url) as client:
-            assert plugin.runtime is not None
-            provider = plugin.runtime.tracer_provider
+            provider = plugin.tracer_provider
             assert isinstance(provider, TracerProvider)
             client.get("/users/1")
             provider.force_flush(5000)

@@ -1,14 +1,19 @@
-"""Every private name of a dependency this package relies on, in one place.
+"""Every private name of a dependency this package relies on, in one place, as named accessors.
 
 Each item here has a test in ``tests/test_compat.py`` that fails loudly when the
-dependency changes it, so an upgrade breaks a test rather than production.
+dependency changes it, so an upgrade breaks a test rather than production. Nothing here
+decides anything: the modules that use these names hold the behaviour.
 
 * ``sentry_sdk._types.AnnotatedValue`` and ``SENSITIVE_DATA_SUBSTITUTE``: how sentry-sdk's
   own scrubber marks a redacted value, which ours must do the same way.
 * sentry-sdk's ``HttpTransport`` hooks (``_get_pool_options``, ``_send_request``,
-  ``_update_headers``, ``_request``, ``_update_rate_limits``, ``_worker``):
-  :class:`QuietHttpTransport` sends under the package's one outage rule
-  (:mod:`litestar_omnii_obs._internal.health`) and counts every event it does not deliver.
+  ``_update_headers``, ``_request``, ``_update_rate_limits``, ``_worker``), under public
+  names in :class:`SentryHttpTransport`: the app's transport
+  (:class:`~litestar_omnii_obs._internal.sentry_transport.QuietHttpTransport`) and the
+  ``litestar obs check`` one are built on it.
+* ``sentry_sdk.integrations.litestar``'s ``exception_handler`` and
+  ``SentryLitestarASGIMiddleware``: what its LitestarIntegration injects into an app, which the
+  plugin removes (:func:`sentry_litestar_hooks`).
 * The OpenTelemetry SDK's log messages for failed metric exports (matched as text by
   :class:`ExportLogFilter`, only to keep them quiet: one line per outage is ours; nothing
   is counted from them).
@@ -17,70 +22,55 @@ dependency changes it, so an upgrade breaks a test rather than production.
   whole truth, so :func:`follow_config_not_environ` sets it from the config.
 * ``MetricExporter._preferred_temporality`` / ``_preferred_aggregation``: a wrapping
   exporter must declare the same preferences as the exporter it wraps.
-* ``opentelemetry.context._RUNTIME_CONTEXT._current_context``: the context variable
-  behind ``attach``/``detach``; the request hook sets and resets it directly (two
-  function layers less on every request) when the runtime context is the default one.
 * ``ReadableSpan._end_time`` / ``_status`` / ``_name``: the fields behind its ``end_time``,
   ``status`` and ``name`` properties. :class:`~litestar_omnii_obs._internal.server_span.ServerSpan`
   is its own ``ReadableSpan`` (as the SDK's ``Span`` is) and sets these as the span
   changes, instead of copying itself into a new ``ReadableSpan`` when it ends.
+* ``NonRecordingSpan``'s other methods never read its ``_context``:
+  :class:`~litestar_omnii_obs._internal.sampling.DroppedSpan` skips its ``__init__`` and builds
+  its context on demand.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import urllib3
-from opentelemetry import context as otel_context
-from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from sentry_sdk._types import SENSITIVE_DATA_SUBSTITUTE, AnnotatedValue
-from sentry_sdk.envelope import Envelope, Item
 from sentry_sdk.transport import HttpTransport
 
-from litestar_omnii_obs._internal.health import (
-    OUTAGE_OVERFLOW,
-    QUEUE_FULL,
-    RATE_LIMITED,
-    STILL_QUEUED,
-    PeerHealth,
-    describe_failure,
-    parse_retry_after,
-    sentry_rate_limit,
-)
-
 if TYPE_CHECKING:
-    # sentry-sdk's event and hint types, from its private _types module.
+    # For annotations only: the SDK's metrics package loads only when metrics are exported (issue 22).
+    import urllib3
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+
     # The return type of ``Tracer.start_as_current_span``, which a delegating tracer must match.
-    from opentelemetry.context import Context
     from opentelemetry.trace import Status
     from opentelemetry.util._decorator import _AgnosticContextManager as AgnosticContextManager
+
+    # sentry-sdk's event and hint types, from its private _types module.
     from sentry_sdk._types import Event, Hint
+    from sentry_sdk.envelope import Envelope
 
 __all__ = [
-    "Event",
-    "Hint",
-    "AgnosticContextManager",
-    "SENSITIVE_DATA_SUBSTITUTE",
-    "AnnotatedValue",
-    "ExportLogFilter",
-    "QuietHttpTransport",
     "SDK_EXPORT_LOGGERS",
+    "SENSITIVE_DATA_SUBSTITUTE",
+    "AgnosticContextManager",
+    "AnnotatedValue",
+    "Event",
+    "ExportLogFilter",
+    "Hint",
+    "SentryHttpTransport",
     "exporter_preferences",
     "follow_config_not_environ",
-    "otel_context_var",
+    "sentry_litestar_hooks",
     "set_span_end",
     "set_span_name",
     "set_span_status",
 ]
-
-_logger = logging.getLogger("litestar_omnii_obs")
 
 #: Loggers whose per-batch messages are replaced by one message per outage.
 SDK_EXPORT_LOGGERS = (
@@ -113,18 +103,6 @@ def follow_config_not_environ(provider: TracerProvider | MeterProvider, disabled
     provider._disabled = disabled  # pyright: ignore[reportPrivateUsage]
 
 
-def otel_context_var() -> ContextVar[Context] | None:
-    """The context variable OpenTelemetry's ``attach``/``detach`` set and reset, if the runtime context is the default.
-
-    ``None`` when ``OTEL_PYTHON_CONTEXT`` chose another implementation: then use the public API.
-    """
-    runtime_context = otel_context._RUNTIME_CONTEXT  # pyright: ignore[reportPrivateUsage]
-    if type(runtime_context) is not ContextVarsRuntimeContext:
-        return None
-    variable = getattr(runtime_context, "_current_context", None)
-    return variable if isinstance(variable, ContextVar) else None
-
-
 def exporter_preferences(exporter: MetricExporter) -> dict[str, Any]:
     """The temporality and aggregation preferences ``exporter`` was built with."""
     return {
@@ -133,158 +111,61 @@ def exporter_preferences(exporter: MetricExporter) -> dict[str, Any]:
     }
 
 
-class QuietHttpTransport(HttpTransport):
-    """sentry-sdk's HTTP transport under the package's one outage rule (:class:`.health.PeerHealth`).
+class SentryHttpTransport(HttpTransport):
+    """sentry-sdk's HTTP transport with the private hooks this package uses under public names.
 
-    urllib3 does not retry (``retries=False``) and every attempt is bounded (connect 2 s, read
-    10 s). Connection refused, DNS failure and timeouts mean Sentry is down: envelopes are kept
-    (up to :attr:`MAX_KEPT`) and Sentry is probed at most every 2 s, then what was kept is sent.
-    429 and ``X-Sentry-Rate-Limits`` keep sentry-sdk's own per-category windows. Every error
-    event handed to the transport is counted: delivered, or lost by reason
-    (:meth:`finish` counts what is still queued when the client closes).
+    Only names, no behaviour: :meth:`pool_options` and :meth:`send_body` are what a subclass
+    overrides (sentry-sdk calls them through its ``_get_pool_options`` and ``_send_request``);
+    :meth:`post`, :meth:`update_rate_limits`, :meth:`start_worker` and :meth:`submit` reach
+    sentry-sdk's ``_update_headers`` + ``_request``, ``_update_rate_limits`` and ``_worker``.
     """
 
-    #: Envelopes kept while Sentry is down (the oldest go first, counted).
-    MAX_KEPT = 100
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        super().__init__(options)
-        dsn = self.parsed_dsn
-        target = f"{dsn.scheme}://{dsn.host}:{dsn.port}" if dsn else "?"
-        self.health = PeerHealth(target, kind="Sentry event sending", unit="event")
-        self._kept: deque[tuple[bytes, dict[str, str], Any, int]] = deque()
-        self._lock = threading.Lock()
-        self._submitted = 0
-        self._probe: threading.Timer | None = None
-
-    def _get_pool_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = super()._get_pool_options()
-        options["retries"] = False
-        options["timeout"] = urllib3.Timeout(connect=2.0, read=10.0)
+    def pool_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The urllib3 pool options to use, given sentry-sdk's (unchanged here)."""
         return options
 
+    def _get_pool_options(self) -> dict[str, Any]:
+        return self.pool_options(super()._get_pool_options())
+
+    def send_body(self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Envelope | None) -> None:
+        """Send one serialised envelope (sentry-sdk's worker thread calls this); here, as sentry-sdk does."""
+        super()._send_request(body, headers, endpoint_type, envelope)
+
+    def _send_request(
+        self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Envelope | None = None
+    ) -> None:
+        self.send_body(body, headers, endpoint_type, envelope)
+
+    def post(self, body: bytes, headers: dict[str, str], endpoint_type: Any) -> urllib3.BaseHTTPResponse:
+        """One POST to Sentry with sentry-sdk's auth headers added to ``headers``; the caller closes the response."""
+        self._update_headers(headers)
+        return self._request("POST", endpoint_type, body, headers)
+
+    def update_rate_limits(self, response: urllib3.BaseHTTPResponse) -> None:
+        """Let sentry-sdk read the response's rate limits (its per-category windows for what follows)."""
+        self._update_rate_limits(response)
+
     def start_worker(self) -> None:
-        """Start the sending thread now (the lifespan calls this, so no request ever starts it)."""
+        """Start sentry-sdk's sending thread now, not on the first event."""
         start = getattr(self._worker, "start", None)
         if callable(start):
             start()
 
-    def capture_envelope(self, envelope: Envelope) -> None:
-        with self._lock:
-            self._submitted += _events_in(envelope)
-        super().capture_envelope(envelope)
-
-    def record_lost_event(
-        self,
-        reason: str,
-        data_category: Any = None,
-        item: Item | None = None,
-        *,
-        quantity: int = 1,
-    ) -> None:
-        category = item.data_category if item is not None else data_category
-        if category == "error" and reason in _SENTRY_LOSSES:
-            self.health.lose(1 if item is not None else quantity, _SENTRY_LOSSES[reason])
-        super().record_lost_event(reason, data_category, item, quantity=quantity)
-
-    def _send_request(self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Any = None) -> None:
-        self._deliver(body, headers, endpoint_type, _events_in(envelope))
-
-    def _deliver(self, body: bytes, headers: dict[str, str], endpoint_type: Any, events: int) -> None:
-        """Send what was kept, oldest first, then this; keep this if Sentry is down (worker thread only)."""
-        if self.health.begin():
-            while self._kept:  # the first attempt of an outage is the probe
-                if self._attempt(*self._kept[0]) is None:
-                    break
-                self._kept.popleft()
-                if not self.health.begin():
-                    break
-            else:
-                if self._attempt(body, headers, endpoint_type, events) is not None:
-                    return
-        self._keep(body, headers, endpoint_type, events)
-
-    def _attempt(self, body: bytes, headers: dict[str, str], endpoint_type: Any, events: int) -> bool | None:
-        """One POST: ``True`` delivered, ``False`` lost for good (counted), ``None`` Sentry is down (keep it)."""
-        self._update_headers(headers)
-        try:
-            response = self._request("POST", endpoint_type, body, headers)
-        except Exception as exc:
-            self.health.failed(describe_failure(exc))
-            return None
-        try:
-            self._update_rate_limits(response)  # sentry-sdk's per-category windows for what follows
-            status = int(response.status)
-            if 200 <= status < 300:
-                self.health.succeeded(events)
-                return True
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if status == 429:  # Sentry dropped it (and counted it on its side)
-                self.health.lose(events, RATE_LIMITED)
-                limit = sentry_rate_limit(response.headers.get("X-Sentry-Rate-Limits"), frozenset({"error"}))
-                self.health.failed("HTTP 429", retry_after=limit or retry_after, limited=True)
-                return False
-            if status >= 500 or status == 408:
-                self.health.failed(f"HTTP {status}", retry_after=retry_after, limited=status == 503)
-                return None
-            self.health.refused(events, f"HTTP {status}")
-            return False
-        finally:
-            response.close()
-
-    def _keep(self, body: bytes, headers: dict[str, str], endpoint_type: Any, events: int) -> None:
-        self._kept.append((body, headers, endpoint_type, events))
-        while len(self._kept) > self.MAX_KEPT:
-            self.health.lose(self._kept.popleft()[3], OUTAGE_OVERFLOW)
-        self._schedule_probe()
-
-    def _schedule_probe(self) -> None:
-        """Try again when the probe window ends, even if no new event comes to trigger it."""
-        with self._lock:
-            if self._probe is not None and self._probe.is_alive():
-                return
-            self._probe = threading.Timer(self.health.pause_remaining() + 0.01, self._submit_retry)
-            self._probe.daemon = True
-            self._probe.start()
-
-    def _submit_retry(self) -> None:
-        if self._kept:
-            self._worker.submit(self._retry_kept)
-
-    def flush(self, timeout: float, callback: Any = None) -> None:
-        if self._kept and timeout > 0:
-            self._worker.submit(self._retry_kept)
-        super().flush(timeout, callback)
-
-    def _retry_kept(self) -> None:
-        if self._kept:
-            self._deliver(*self._kept.pop())
-
-    def finish(self) -> None:
-        """After the client closed: count every event neither delivered nor already counted as lost."""
-        with self._lock:
-            submitted = self._submitted
-            if self._probe is not None:
-                self._probe.cancel()
-        accounted = self.health.delivered_count + self.health.dropped
-        self._kept.clear()
-        self.health.lose(submitted - accounted, STILL_QUEUED)
+    def submit(self, task: Callable[[], None]) -> bool:
+        """Run ``task`` on sentry-sdk's sending thread; ``False`` if its queue is full."""
+        return bool(self._worker.submit(task))
 
 
-def _events_in(envelope: Any) -> int:
-    """Error events in ``envelope`` (the items counted as delivered or lost)."""
-    if envelope is None:
-        return 0
-    return sum(1 for item in envelope.items if item.data_category == "error")
+def sentry_litestar_hooks() -> tuple[object, object] | None:
+    """The ``after_exception`` hook and the middleware sentry-sdk's LitestarIntegration adds to an app.
 
-
-#: sentry-sdk's loss reasons for an event it had accepted, as the shutdown summary words them.
-_SENTRY_LOSSES = {
-    "queue_overflow": QUEUE_FULL,
-    "ratelimit_backoff": RATE_LIMITED,
-    "network_error": "network error",
-    "send_error": "send error",
-}
+    ``None`` if the integration cannot be imported.
+    """
+    try:
+        from sentry_sdk.integrations import litestar as sentry_litestar
+    except Exception:  # pragma: no cover - the integration needs litestar, which we have
+        return None
+    return sentry_litestar.exception_handler, sentry_litestar.SentryLitestarASGIMiddleware
 
 
 def set_span_end(span: ReadableSpan, end_time: int) -> None:

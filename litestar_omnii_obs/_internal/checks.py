@@ -154,35 +154,31 @@ def _check_metrics(config: ObservabilityConfig, timeout: float, errors: _Exporte
 def _check_sentry(config: ObservabilityConfig, timeout: float) -> tuple[bool, str]:
     import sentry_sdk
     import urllib3
-    from sentry_sdk.transport import HttpTransport
+
+    from litestar_omnii_obs._internal._compat import SentryHttpTransport
 
     outcome: dict[str, Any] = {}
     answered = threading.Event()
 
-    class CheckTransport(HttpTransport):
+    class CheckTransport(SentryHttpTransport):
         """sentry-sdk's own HTTP transport, with no retries and the check's timeout; records the answer."""
 
-        def _get_pool_options(self) -> dict[str, Any]:
-            options: dict[str, Any] = super()._get_pool_options()
+        def pool_options(self, options: dict[str, Any]) -> dict[str, Any]:
             options["retries"] = False
             options["timeout"] = urllib3.Timeout(total=timeout)
             return options
 
-        def _send_request(self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Any = None) -> None:
+        def send_body(self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Any) -> None:
             try:
-                super()._send_request(body, headers, endpoint_type, envelope)
+                response = self.post(body, headers, endpoint_type)
             except Exception as exc:
                 outcome.setdefault("result", (False, _short(exc)))
-            answered.set()
-
-        def _handle_response(self, response: Any, envelope: Any) -> None:
-            super()._handle_response(response, envelope)
-            status = int(response.status)
-            if 200 <= status < 300:
-                outcome.setdefault("result", (True, f"HTTP {status}"))
             else:
-                reason = " (rate limited)" if status == 429 else ""
-                outcome.setdefault("result", (False, f"HTTP {status}{reason}"))
+                try:
+                    outcome.setdefault("result", _sentry_answer(int(response.status)))
+                finally:
+                    response.close()
+            answered.set()
 
     client = sentry_sdk.Client(
         dsn=config.sentry.dsn,
@@ -210,6 +206,13 @@ def _check_sentry(config: ObservabilityConfig, timeout: float) -> tuple[bool, st
         return ok, f"{detail}, event {event_id}" if ok else detail
     finally:
         client.close(timeout=0.0)
+
+
+def _sentry_answer(status: int) -> tuple[bool, str]:
+    """A check's outcome from Sentry's HTTP status."""
+    if 200 <= status < 300:
+        return True, f"HTTP {status}"
+    return False, f"HTTP {status}" + (" (rate limited)" if status == 429 else "")
 
 
 def _timed(pipe: str, target: str, run: Callable[[], tuple[bool, str]]) -> PipeResult:
@@ -326,7 +329,6 @@ def send_test_error(config: ObservabilityConfig, message: str, timeout: float) -
     import sentry_sdk
 
     from litestar_omnii_obs._internal import sentry
-    from litestar_omnii_obs._internal._compat import QuietHttpTransport
 
     if not config.sentry.dsn:
         return None, "SENTRY_DSN is not set: there is nowhere to send a test error"
@@ -347,8 +349,19 @@ def send_test_error(config: ObservabilityConfig, message: str, timeout: float) -
         reporter.close()
     if event_id is None:
         return None, "the event was dropped before sending (an ignored error type or a before_send hook)"
-    if isinstance(transport, QuietHttpTransport) and transport.health.failing:
-        return event_id, f"Sentry did not accept it: {transport.health.last_reason or 'the send failed'}"
+    return event_id, _test_error_failure(transport, drained, timeout)
+
+
+def _test_error_failure(transport: object, drained: bool, timeout: float) -> str | None:
+    """Why the test error did not reach Sentry, read from the transport's health; ``None`` if it did."""
+    from litestar_omnii_obs._internal.sentry_transport import QuietHttpTransport
+
+    health = transport.health if isinstance(transport, QuietHttpTransport) else None
+    refusal = f"Sentry did not accept it: {health.last_reason or 'the send failed'}" if health is not None else None
+    if health is not None and health.failing:  # down, or rate-limited
+        return refusal
     if not drained:
-        return event_id, f"Sentry did not answer within {timeout:g}s"
-    return event_id, None
+        return f"Sentry did not answer within {timeout:g}s"
+    if health is not None and health.dropped:  # answered, and refused it (a 4xx)
+        return refusal
+    return None

@@ -16,8 +16,8 @@ Secrets (the Sentry DSN's key, URL passwords, OTLP header values) never appear i
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -46,6 +46,34 @@ TracesExporter = Literal["otlp", "console", "none"]
 OtlpExporter = Literal["otlp", "none"]
 #: The environments the package knows; any other ``APP_ENV`` is treated as not production (one start-up warning).
 KNOWN_ENVIRONMENTS = ("production", "development", "test", "staging")
+#: OpenTelemetry's service name when none is set (``OTEL_SERVICE_NAME`` unset).
+DEFAULT_SERVICE_NAME = "unknown_service"
+
+
+class SamplingContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``ObservabilityConfig.traces_sampler`` knows of a request when it decides its trace."""
+
+    route: str | None
+    """The route template (``/users/{user_id}``); ``None`` when no route matched (404, 405)."""
+    method: str
+    """The HTTP method (``_OTHER`` for one the conventions do not know)."""
+    parent_sampled: bool | None
+    """The caller's decision from ``traceparent``; ``None`` when the request starts a trace."""
+    headers: Mapping[str, str]
+    """The request's headers, names in lower case."""
+
+
+#: Decides one request's trace: a rate in [0, 1] applied to the trace id, or a bool.
+TracesSampler = Callable[[SamplingContext], float | bool]
+#: Attributes for the span, the Sentry event and the line, from the request (after guards and authentication).
+Enricher = Callable[[Any], Mapping[str, str | int | float | bool]]
+if TYPE_CHECKING:
+    from litestar_omnii_obs._internal._compat import Event, Hint
+
+    #: A Sentry ``before_send`` / ``before_send_transaction`` hook: the event, changed, or ``None`` to drop it.
+    SentryHook = Callable[[Event, Hint], Event | None]
+else:  # sentry-sdk's Event and Hint exist for type checkers only; msgspec sees the same shape at runtime
+    SentryHook = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any] | None]
 
 
 class ConfigError(ValueError):
@@ -96,9 +124,10 @@ def redacted_repr(config: msgspec.Struct, section: str) -> str:
     for name in config.__struct_fields__:
         value = getattr(config, name)
         var = BY_FIELD.get(f"{section}.{name}")
-        if var is not None and var.secret == "url" and value is not None:
+        secret = var.secret if var is not None and value is not None else ""  # nothing to hide in None
+        if secret == "url":
             value = redact_url(value)
-        elif var is not None and var.secret and value is not None:
+        elif secret:
             value = tuple((key, "***") for key, _ in value) if isinstance(value, tuple) else "***"
         elif isinstance(value, frozenset):  # status codes: as ranges ("500-599"), as the variable takes them
             value = display_value(f"{section}.{name}", value)
@@ -114,7 +143,8 @@ class SentryConfig(msgspec.Struct, frozen=True, kw_only=True):
     environment: str | None = None
     """``SENTRY_ENVIRONMENT``; ``None`` means the top-level ``environment`` (``APP_ENV``)."""
     release: str | None = None
-    """``SENTRY_RELEASE``; ``None`` means the top-level ``version`` (``APP_VERSION``)."""
+    """``SENTRY_RELEASE``; ``None`` means the top-level ``version`` (``APP_VERSION``), and with neither
+    set, sentry-sdk's own default (its ``SENTRY_RELEASE``, the git commit, a platform's variable)."""
     traces_sample_rate: float | None = None
     """``SENTRY_TRACES_SAMPLE_RATE`` in [0, 1]; ``None``: 0.1 in production, else 1.0.
 
@@ -136,10 +166,19 @@ class SentryConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Let sentry-sdk attach IPs, cookies and request-derived user data (``OMNII_OBS_SENTRY_SEND_PII``)."""
     flush_timeout: float = 5.0
     """Seconds the shutdown waits for queued events (``OMNII_OBS_SENTRY_FLUSH_TIMEOUT``)."""
+    before_send: SentryHook | None = None
+    """Your ``before_send`` (code only): runs after sentry-sdk's processors and the plugin's scrubbing,
+    before a last scrub pass; returning ``None`` drops the event. ``None``: the one given to
+    ``sentry_sdk.init``, if any. If it raises, the error is logged once and the event is sent, scrubbed."""
+    before_send_transaction: SentryHook | None = None
+    """The same for transactions (``traces="sdk"`` only); ``None``: the one given to ``sentry_sdk.init``."""
 
     def __post_init__(self) -> None:
         if self.traces_sample_rate is not None and not 0.0 <= self.traces_sample_rate <= 1.0:
             raise ConfigError([("traces_sample_rate", str(self.traces_sample_rate), "a number in [0, 1]")])
+        for name in ("before_send", "before_send_transaction"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ConfigError([(name, repr(getattr(self, name)), "a function (event, hint) -> event or None")])
 
     def __repr__(self) -> str:
         return redacted_repr(self, "sentry")
@@ -207,10 +246,39 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds one OTLP export may take (``OMNII_OBS_EXPORT_TIMEOUT``)."""
     use_app_provider: bool = True
     """If the app already installed its own SDK ``TracerProvider``, use it (``OMNII_OBS_USE_APP_PROVIDER``)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Immediate clients (IP addresses, CIDR networks, or ``*``) whose ``Forwarded`` and ``X-Forwarded-*``
+    headers set a span's ``server.address``, ``url.scheme`` and ``client.address``
+    (``OMNII_OBS_FORWARDED_ALLOW_IPS``, uvicorn's ``--forwarded-allow-ips`` model). Empty: ``Host`` and the
+    socket only, since any client could send those headers."""
     set_global_provider: bool = True
     """Route OpenTelemetry's global tracer to this app's provider so user spans nest under the request span."""
+    keep_statuses: frozenset[int] = frozenset(range(500, 600))
+    """A request the sampler dropped that ends with one of these statuses still has its server span
+    recorded and exported, marked ``omnii.kept=status`` (``OMNII_OBS_KEEP_STATUSES``; ``none``: never)."""
+    keep_slower_than_ms: float | None = None
+    """A request the sampler dropped that took longer still has its server span, marked
+    ``omnii.kept=slow`` (``OMNII_OBS_KEEP_SLOWER_THAN_MS``); ``None``: off."""
+    capture_request_headers: tuple[str, ...] = ()
+    """Request headers put on recorded server spans as ``http.request.header.<name>``: names or regular
+    expressions matching the whole name, any case (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST``)."""
+    capture_response_headers: tuple[str, ...] = ()
+    """The same for response headers, as ``http.response.header.<name>``
+    (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE``)."""
+    sanitize_headers: tuple[str, ...] = ()
+    """Captured headers whose values become ``[REDACTED]``: regular expressions found anywhere in the name,
+    any case (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS``). Secret-looking names always are."""
 
     def __post_init__(self) -> None:
+        from litestar_omnii_obs._internal.headers import check_patterns  # headers.py imports this module
+
+        check_patterns(self)
+        from litestar_omnii_obs._internal.attributes import check_trusted_proxies
+
+        try:
+            check_trusted_proxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError([("trusted_proxies", ",".join(self.trusted_proxies), str(exc))]) from None
         for name, exporters in (
             ("traces_exporter", self.traces_exporter),
             ("metrics_exporter", self.metrics_exporter),
@@ -277,7 +345,13 @@ class LatencyConfig(msgspec.Struct, frozen=True, kw_only=True):
     exclude_paths: tuple[str, ...] = ("/health",)
     """Paths with no record and no span: exact, or a prefix when ending in ``*`` (``OMNII_OBS_EXCLUDE_PATHS``)."""
     opt_key: str = "observability"
-    """A handler with ``opt={opt_key: False}`` is not recorded (``OMNII_OBS_OPT_KEY``)."""
+    """The handler ``opt`` key of the per-route policy (``OMNII_OBS_OPT_KEY``): ``False`` observes nothing;
+    a mapping sets ``traces``, ``latency``, ``metrics``, ``sentry_statuses`` (see README "Choosing what to observe")."""
+    exclude_routes: tuple[str, ...] = ()
+    """Route templates observed not at all, as ``opt={opt_key: False}`` (``OMNII_OBS_EXCLUDE_ROUTES``)."""
+    line_attributes: tuple[str, ...] = ()
+    """Keys of ``ObservabilityConfig.enrich``'s result also written on the ``api_latency`` line
+    (``OMNII_OBS_LINE_ATTRIBUTES``)."""
     unmatched_route: str = "UNMATCHED"
     """Route label for requests no route matched, e.g. 404 and 405 (``OMNII_OBS_UNMATCHED_ROUTE``)."""
     log_server_errors: bool = True
@@ -294,14 +368,32 @@ class ObservabilityConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     Only ``production`` changes a default (10% trace sampling instead of 100%); any other value
     is used as the label as is, with one warning at start-up."""
-    version: str = "1.0.0"
-    """Release / service version (``APP_VERSION``)."""
-    service_name: str = "omnii-mcp"
-    """Service name on metrics and spans (``OTEL_SERVICE_NAME``)."""
+    version: str | None = None
+    """Service version (``APP_VERSION``): the resource's ``service.version`` and Sentry's release when
+    ``sentry.release`` is unset. ``None``: no ``service.version`` (unless ``OTEL_RESOURCE_ATTRIBUTES``
+    names one), and sentry-sdk's own default release (``SENTRY_RELEASE``, else the git commit it finds)."""
+    service_name: str = DEFAULT_SERVICE_NAME
+    """Service name on metric lines, spans and metrics (``OTEL_SERVICE_NAME``). Left at OpenTelemetry's
+    default ``unknown_service``, a ``service.name`` in ``tracing.resource_attributes`` is used instead."""
     latency: LatencyConfig = msgspec.field(default_factory=LatencyConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     sentry: SentryConfig = msgspec.field(default_factory=SentryConfig)
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
+    traces_sampler: TracesSampler | None = None
+    """Decides each request's trace from its route (a :class:`~litestar_omnii_obs.SamplingContext`):
+    returns a rate in [0, 1] (applied to the trace id) or a bool. Routes whose ``opt`` sets ``traces``
+    are not asked. ``None``: the configured sampler (``OTEL_TRACES_SAMPLER``)."""
+    enrich: Enricher | None = None
+    """Called once per request after guards and authentication, with the request; what it returns goes
+    on the server span, the Sentry event (tags; ``user.id`` as the user when PII is allowed) and, for
+    ``latency.line_attributes``, on the line. Never overwrites what the app set."""
+
+    def __post_init__(self) -> None:
+        # OpenTelemetry's precedence: OTEL_SERVICE_NAME, else service.name in OTEL_RESOURCE_ATTRIBUTES.
+        if self.service_name == DEFAULT_SERVICE_NAME:
+            named = dict(self.tracing.resource_attributes).get("service.name")
+            if named:
+                force_setattr(self, "service_name", named)
 
     @property
     def sentry_traces_sample_rate(self) -> float:
@@ -330,14 +422,16 @@ class ObservabilityConfig(msgspec.Struct, frozen=True, kw_only=True):
         )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ObservabilityConfig:
-        """Read the configuration from ``environ`` (default ``os.environ``).
+    def from_env(cls, environ: Mapping[str, str] | None = None, **fields: Any) -> ObservabilityConfig:
+        """Read the configuration from ``environ`` (default ``os.environ``); ``fields`` replace what it gives.
 
-        With a mapping, the mapping is the whole truth: ``os.environ`` is not read.
+        With a mapping, the mapping is the whole truth: ``os.environ`` is not read. ``fields`` are
+        top-level fields, e.g. ``from_env(traces_sampler=by_route, enrich=add_tenant)``.
 
         Raises:
             ConfigError: listing every invalid variable, its value (secrets redacted) and what is allowed.
         """
         from litestar_omnii_obs._internal.env import read_environ
 
-        return read_environ(os.environ if environ is None else environ)[0]
+        config = read_environ(os.environ if environ is None else environ)[0]
+        return msgspec.structs.replace(config, **fields) if fields else config

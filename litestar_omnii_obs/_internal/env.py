@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -19,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 from sentry_sdk.utils import BadDsn, Dsn
 
+from litestar_omnii_obs._internal.attributes import check_trusted_proxies
 from litestar_omnii_obs._internal.config import (
     ConfigError,
     ObservabilityConfig,
@@ -185,6 +187,19 @@ def _names(value: str) -> tuple[str, ...]:
     return names
 
 
+def _header_patterns(value: str) -> tuple[str, ...]:
+    """Comma-separated header names or regular expressions, as OpenTelemetry's instrumentations read them."""
+    patterns = tuple(p.strip() for p in value.split(",") if p.strip())
+    if not patterns:
+        raise _Invalid
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error:
+            raise _Invalid from None
+    return patterns
+
+
 def _keys(value: str) -> tuple[str, ...]:
     keys = tuple(k.strip().lower() for k in value.split(",") if k.strip())
     if not keys:
@@ -204,6 +219,25 @@ def _status_codes(value: str) -> frozenset[int]:
     except ValueError:
         raise _Invalid from None
     return frozenset(codes)
+
+
+def _status_codes_or_none(value: str) -> frozenset[int]:
+    return frozenset() if value.strip().lower() == "none" else _status_codes(value)
+
+
+def _templates(value: str) -> tuple[str, ...]:
+    templates = tuple(t.strip() for t in value.split(",") if t.strip())
+    if not templates or any(not t.startswith("/") or "*" in t for t in templates):
+        raise _Invalid
+    return templates
+
+
+def _proxies(value: str) -> tuple[str, ...]:
+    entries = tuple(e.strip() for e in value.split(",") if e.strip())
+    if not entries:
+        raise _Invalid
+    check_trusted_proxies(entries)  # ValueError: invalid
+    return entries
 
 
 def _sink(value: str) -> str:
@@ -248,6 +282,18 @@ VARIABLES: tuple[EnvVar, ...] = (
         "comma-separated paths starting with '/', optionally ending in '*'",
     ),
     EnvVar("OMNII_OBS_OPT_KEY", "latency.opt_key", _label, _LABEL),
+    EnvVar(
+        "OMNII_OBS_EXCLUDE_ROUTES",
+        "latency.exclude_routes",
+        _templates,
+        "comma-separated route templates as Litestar prints them, e.g. /health,/users/{user_id}",
+    ),
+    EnvVar(
+        "OMNII_OBS_LINE_ATTRIBUTES",
+        "latency.line_attributes",
+        _names,
+        "comma-separated attribute names such as tenant,user.id",
+    ),
     EnvVar("OMNII_OBS_UNMATCHED_ROUTE", "latency.unmatched_route", _label, _LABEL),
     EnvVar("OMNII_OBS_LOG_ERRORS", "latency.log_server_errors", _bool, _BOOL),
     EnvVar(
@@ -312,6 +358,24 @@ VARIABLES: tuple[EnvVar, ...] = (
         _pairs(lower_keys=False),
         "comma-separated key=value pairs of printable ASCII",
     ),
+    EnvVar(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
+        "tracing.capture_request_headers",
+        _header_patterns,
+        "comma-separated header names or regular expressions matching whole names, any case, e.g. x-tenant,x-.*",
+    ),
+    EnvVar(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
+        "tracing.capture_response_headers",
+        _header_patterns,
+        "comma-separated header names or regular expressions matching whole names, any case, e.g. content-type",
+    ),
+    EnvVar(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS",
+        "tracing.sanitize_headers",
+        _header_patterns,
+        "comma-separated header names or regular expressions found anywhere in the name, any case",
+    ),
     EnvVar("OTEL_BSP_SCHEDULE_DELAY", "tracing.bsp_schedule_delay", _positive_int, _MS),
     EnvVar("OTEL_BSP_EXPORT_TIMEOUT", "tracing.bsp_export_timeout", _positive_int, _MS),
     EnvVar(
@@ -327,6 +391,24 @@ VARIABLES: tuple[EnvVar, ...] = (
     EnvVar("OMNII_OBS_SHUTDOWN_TIMEOUT", "tracing.shutdown_timeout", *_seconds(0.0, 120.0)),
     EnvVar("OMNII_OBS_EXPORT_TIMEOUT", "tracing.export_timeout", *_seconds(0.1, 60.0)),
     EnvVar("OMNII_OBS_USE_APP_PROVIDER", "tracing.use_app_provider", _bool, _BOOL),
+    EnvVar(
+        "OMNII_OBS_FORWARDED_ALLOW_IPS",
+        "tracing.trusted_proxies",
+        _proxies,
+        "comma-separated IP addresses or CIDR networks of trusted proxies (10.0.0.0/8,127.0.0.1), or '*'",
+    ),
+    EnvVar(
+        "OMNII_OBS_KEEP_STATUSES",
+        "tracing.keep_statuses",
+        _status_codes_or_none,
+        "none, or comma-separated HTTP status codes or ranges within 100-599, e.g. 500-599",
+    ),
+    EnvVar(
+        "OMNII_OBS_KEEP_SLOWER_THAN_MS",
+        "tracing.keep_slower_than_ms",
+        _float(0.0, 3_600_000.0),
+        "a number of milliseconds in [0, 3600000]",
+    ),
 )
 
 BY_NAME: dict[str, EnvVar] = {var.name: var for var in VARIABLES}
@@ -370,7 +452,7 @@ def _ranges(codes: frozenset[Any]) -> str:
             spans[-1][1] = code
         else:
             spans.append([code, code])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "none"
 
 
 def read_environ(environ: Mapping[str, str]) -> tuple[ObservabilityConfig, dict[str, str]]:

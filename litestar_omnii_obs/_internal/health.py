@@ -16,6 +16,8 @@ OTLP endpoint, Sentry's event ingest) has one :class:`PeerHealth`, and follows t
   log text.
 
 Thread-safe: the sender (a worker thread) and the shutdown report read it concurrently.
+:func:`deliver_in_order` is the one sending loop on top of it: what was kept goes first,
+oldest first, so a peer that comes back gets everything in the order it was made.
 """
 
 from __future__ import annotations
@@ -26,13 +28,18 @@ import time
 from collections.abc import Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from enum import Enum
+from typing import Protocol, TypeVar
 
 import urllib3
 
 __all__ = [
     "PROBE_INTERVAL",
     "SENTRY_SPAN_CATEGORIES",
+    "Attempt",
+    "KeepingSender",
     "PeerHealth",
+    "deliver_in_order",
     "describe_failure",
     "parse_retry_after",
     "sentry_rate_limit",
@@ -157,7 +164,8 @@ class PeerHealth:
         self._refusal_logged = False
         #: Sends attempted (probes included): how often the peer was actually contacted.
         self.attempts = 0
-        #: Why the last failed attempt failed ("connection refused", "HTTP 503"); "" before any failure.
+        #: Why the last failed attempt failed ("connection refused", "HTTP 503") or the server refused
+        #: items ("HTTP 403", its partial-success message); "" before any.
         self.last_reason = ""
 
     # ------------------------------------------------------------------ state
@@ -258,6 +266,7 @@ class PeerHealth:
         """An accepted request in which the server refused ``items`` (OTLP partial success); logged once."""
         self.lose(items, REFUSED)
         with self._lock:
+            self.last_reason = message or REFUSED
             first = not self._refusal_logged
             self._refusal_logged = True
         if first:
@@ -308,3 +317,65 @@ class PeerHealth:
         """Log :meth:`summary` as a WARNING when something was lost (a clean shutdown stays quiet)."""
         if self.dropped:
             _logger.warning("%s", self.summary())
+
+
+# --------------------------------------------------------------------------- sending in order
+
+
+class Attempt(Enum):
+    """How one send went, as :func:`deliver_in_order` needs to know it."""
+
+    DELIVERED = "delivered"  #: the peer took it
+    LOST = "lost"  #: the peer answered and will never take it (counted by the attempt)
+    DOWN = "down"  #: the peer is down or limiting: the item waits with the kept ones
+    ABANDONED = "abandoned"  #: the sender gave up while it ran (what was on the wire is counted)
+
+
+Item = TypeVar("Item")
+
+
+class KeepingSender(Protocol[Item]):
+    """A sender that keeps items for a peer that is down: what :func:`deliver_in_order` drives."""
+
+    def oldest_kept(self) -> Item | None:
+        """The item kept longest, still kept while it is tried; ``None`` when nothing is kept."""
+        ...
+
+    def forget_kept(self, item: Item) -> None:
+        """``item`` (the oldest kept) was delivered or lost: stop keeping it (if still kept)."""
+        ...
+
+    def attempt(self, item: Item, *, kept: bool) -> Attempt:
+        """One send of ``item`` with its outcome recorded on the sender's health; ``kept``: it is the oldest kept."""
+        ...
+
+    def keep(self, item: Item) -> None:
+        """Keep ``item`` for later (bounded, the overflow counted), or count it as lost if the sender gave up."""
+        ...
+
+
+def deliver_in_order(health: PeerHealth, sender: KeepingSender[Item], item: Item) -> bool:
+    """Send what ``sender`` kept, oldest first, then ``item``; ``True`` if ``item`` was delivered.
+
+    Why one loop: every destination keeps order and follows :class:`PeerHealth`'s rule the same
+    way. The first attempt of an outage is the probe: while the peer is down (or a rate limit
+    starts on an accepted request) ``item`` joins the kept ones. An item is counted exactly
+    once: kept, delivered, or lost by the attempt, by :meth:`KeepingSender.keep`, or by the
+    sender's own abandon (for what was on the wire).
+    """
+    if not health.begin():
+        sender.keep(item)
+        return False
+    while (oldest := sender.oldest_kept()) is not None:
+        outcome = sender.attempt(oldest, kept=True)
+        if outcome is Attempt.DOWN or outcome is Attempt.ABANDONED:
+            sender.keep(item)  # abandoned: item was neither kept nor on the wire, so keep() counts it
+            return False
+        sender.forget_kept(oldest)
+        if not health.begin():  # a rate limit on an accepted request: the rest waits
+            sender.keep(item)
+            return False
+    outcome = sender.attempt(item, kept=False)
+    if outcome is Attempt.DOWN:
+        sender.keep(item)
+    return outcome is Attempt.DELIVERED

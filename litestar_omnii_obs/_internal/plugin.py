@@ -12,8 +12,10 @@ from litestar.plugins import CLIPluginProtocol, InitPlugin
 
 from litestar_omnii_obs._internal import runtime, sentry, shared, tracing
 from litestar_omnii_obs._internal._bounded import run_bounded
+from litestar_omnii_obs._internal._compat import sentry_litestar_hooks
 from litestar_omnii_obs._internal.config import ObservabilityConfig
 from litestar_omnii_obs._internal.hooks import ObserverMiddleware, RequestObserver
+from litestar_omnii_obs._internal.policy import check_routes
 from litestar_omnii_obs._internal.sink import MetricWriter
 from litestar_omnii_obs.cli import add_obs_commands
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from click import Group
     from litestar import Litestar
     from litestar.config.app import AppConfig
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["ObservabilityPlugin"]
 
@@ -42,19 +45,27 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
     ``ObservabilityPlugin(ObservabilityConfig())`` uses the defaults alone.
     """
 
-    __slots__ = ("config", "observer", "runtime")
+    __slots__ = ("_observer", "_runtime", "config")
 
     def __init__(self, config: ObservabilityConfig | None = None) -> None:
         self.config = config if config is not None else ObservabilityConfig.from_env()
-        self.observer = RequestObserver(self.config)
-        self.runtime: runtime.Runtime | None = None
-        """What this app started (writer, tracer provider, Sentry reporter) while it runs; else ``None``."""
+        self._observer = RequestObserver(self.config)
+        # What this app started (writer, tracer provider, Sentry reporter) while it runs; else None.
+        self._runtime: runtime.Runtime | None = None
+
+    @property
+    def tracer_provider(self) -> TracerProvider | None:
+        """The app's tracer provider while it runs (``None`` before start-up, after shutdown, or without tracing).
+
+        For instrumenting other libraries with the same provider, or ``force_flush()`` in a test.
+        """
+        return None if self._runtime is None else self._runtime.tracer_provider
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.lifespan.insert(0, self.lifespan)
-        app_config.middleware.insert(0, ObserverMiddleware(self.observer))
-        app_config.before_send.append(self.observer.before_send)
-        app_config.after_exception.append(self.observer.after_exception)
+        app_config.middleware.insert(0, ObserverMiddleware(self._observer))
+        app_config.before_send.append(self._observer.before_send)
+        app_config.after_exception.append(self._observer.after_exception)
         if self.config.sentry.dsn:
             _drop_sentry_litestar_hooks(app_config)
         return app_config
@@ -71,8 +82,11 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
         each step off the event loop and bounded by its timeout, so a blocked sink or a dead
         peer cannot hold the shutdown.
         """
-        config = self.config
+        for template in check_routes(app, self.config):  # a mistyped opt policy raises here, naming its route
+            _logger.warning("OMNII_OBS_EXCLUDE_ROUTES: no route has the template %r", template)
         capture = runtime.active_capture()
+        # Under obs_capture nothing leaves the process and the test decides the sampling, whatever the environment.
+        config = self.config if capture is None else capture.confine(self.config)
         environment_warning = config.environment_warning()
         if environment_warning is not None:
             _logger.warning("%s", environment_warning)
@@ -90,12 +104,12 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
                 stack.push_async_callback(_close_sentry, reporter)
                 app_runtime.operation_observers.append(sentry.breadcrumb)
             telemetry = self._start_telemetry(app_runtime, stack, reporter, capture)
-            self.observer.bind(app_runtime, telemetry)
-            stack.callback(self.observer.bind, None, None)
+            self._observer.bind(app_runtime, telemetry)
+            stack.callback(self._observer.bind, None, None)
             runtime.enter(app_runtime)
             stack.callback(runtime.leave, app_runtime)
-            self.runtime = app_runtime
-            stack.callback(setattr, self, "runtime", None)
+            self._runtime = app_runtime
+            stack.callback(setattr, self, "_runtime", None)
             yield
 
     @staticmethod
@@ -179,12 +193,10 @@ def _drop_sentry_litestar_hooks(app_config: AppConfig) -> None:
     patches ``Litestar.__init__`` to add its own middleware and ``after_exception`` hook;
     with ours also present every error would be reported twice, and 4xx errors once.
     """
-    try:
-        from sentry_sdk.integrations import litestar as sentry_litestar
-    except Exception:  # pragma: no cover - the integration needs litestar, which we have
+    hooks = sentry_litestar_hooks()
+    if hooks is None:  # pragma: no cover - the integration needs litestar, which we have
         return
-    hook = sentry_litestar.exception_handler
-    middleware = sentry_litestar.SentryLitestarASGIMiddleware
+    hook, middleware = hooks
     before = (len(app_config.after_exception), len(app_config.middleware))
     app_config.after_exception = [h for h in app_config.after_exception if h is not hook]
     app_config.middleware = [m for m in app_config.middleware if m is not middleware]

@@ -1,7 +1,9 @@
 """The typed metric records, one JSON line each.
 
-Every duration is in milliseconds, rounded to 3 decimals when the record is made, so
-every line reads the same whoever built the record.
+Every duration is in milliseconds, rounded to 3 decimals, so every line reads the same
+whoever built the record: a :class:`TimedRecord`'s when the record is made; ``api_latency``'s
+when its line is written (the request path queues the raw seconds and the metric writer
+rounds them with :func:`milliseconds`; an :class:`ApiLatencyMetric` you build keeps what you give it).
 
 Your own records subclass :class:`MetricRecord` (or :class:`TimedRecord` for a
 ``duration``) with a ``tag``, which becomes the line's ``metric`` field::
@@ -10,14 +12,17 @@ Your own records subclass :class:`MetricRecord` (or :class:`TimedRecord` for a
         hit: bool
 
     log_metric(CacheLookup(duration=ms, hit=True))  # {"metric":"cache_lookup","duration":0.412,"hit":true,...}
+
+One rule for every record, ours and yours: a field whose value is ``None`` is left out of the
+line (never ``"field":null``); every other field is written, defaults included.
 """
 
 from __future__ import annotations
 
-from typing import Literal, dataclass_transform
+from typing import Any, Literal, dataclass_transform
 
 import msgspec
-from msgspec.structs import force_setattr
+from msgspec.structs import astuple, force_setattr
 
 __all__ = [
     "ApiLatencyMetric",
@@ -28,6 +33,8 @@ __all__ = [
     "SyncMetric",
     "SyncSource",
     "TimedRecord",
+    "WebSocketMetric",
+    "encode_record",
     "milliseconds",
 ]
 
@@ -50,8 +57,9 @@ class MetricRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="metric"
         class CacheLookup(MetricRecord, tag="cache_lookup"):
             hit: bool
 
-    The writer adds ``timestamp``, ``service``, ``environment`` and, under a span, ``trace_id``
-    and ``span_id`` to each line; don't name your fields after them.
+    The writer adds ``timestamp``, ``service``, ``environment`` and, under a span, ``trace_id``,
+    ``span_id`` and ``sampled`` to each line; don't name your fields after them. A field left
+    ``None`` is not written.
     """
 
 
@@ -102,5 +110,33 @@ class OperationMetric(TimedRecord, frozen=True, kw_only=True, tag="operation_dur
     error: str | None = None
 
 
-Metric = ApiLatencyMetric | GraphQueryMetric | SyncMetric | OperationMetric
+class WebSocketMetric(TimedRecord, frozen=True, kw_only=True, tag="websocket_session"):
+    """One per websocket connection when it ends: route template, milliseconds open, how it closed.
+
+    ``close_code`` is the code the server sent or the client's disconnect code (omitted when neither
+    was seen); ``error`` the exception type when the handler failed (omitted otherwise).
+    """
+
+    route: str
+    close_code: int | None = None
+    error: str | None = None
+
+
+Metric = ApiLatencyMetric | GraphQueryMetric | SyncMetric | OperationMetric | WebSocketMetric
 """The tagged union of the records this package itself writes (yours are :class:`MetricRecord` subclasses)."""
+
+
+def encode_record(encoder: msgspec.json.Encoder, metric: MetricRecord) -> bytes:
+    """``metric`` as a JSON object without its ``None`` fields: the one rule for absent fields on every line.
+
+    msgspec's ``omit_defaults`` would also drop a field equal to a non-``None`` default (``outcome="ok"``,
+    a user's ``count: int = 0``); only the fields without a value are left out here.
+    """
+    values = astuple(metric)
+    if None not in values:  # the usual record: encoded as is
+        return encoder.encode(metric)
+    fields: dict[str, Any] = {metric.__struct_config__.tag_field or "metric": metric.__struct_config__.tag}
+    for name, value in zip(metric.__struct_encode_fields__, values, strict=True):
+        if value is not None:
+            fields[name] = value
+    return encoder.encode(fields)

@@ -37,14 +37,22 @@ __all__ = ["Capture", "Runtime", "current", "install_capture"]
 
 OperationObserver = Callable[[str, float, "BaseException | None"], None]
 MetricObserver = Callable[["MetricRecord"], None]
-#: Takes one request's latency record: route, method, status, seconds, error type, trace id (hex), span id.
-LatencyRecorder = Callable[[str, str, int, float, "str | None", bytes, int], None]
+#: Takes one request's latency record: route, method, status, seconds, error type, trace id (hex), span id,
+#: whether the trace is sampled.
+#: The last item: fields the line carries beyond its own (``ObservabilityConfig.enrich``'s declared keys), or None.
+LatencyRecorder = Callable[
+    [str, str, int, float, "str | None", bytes, int, bool, "dict[str, str | int | float | bool] | None"], None
+]
 
 
 class Capture(Protocol):
     """In-memory sinks that replace an app's real ones (the pytest plugin provides one)."""
 
     def on_metric(self, metric: MetricRecord) -> None: ...
+
+    def confine(self, config: ObservabilityConfig) -> ObservabilityConfig:
+        """The config a captured app runs with: nothing sent out of the process, spans recorded as the test asks."""
+        ...
 
     def span_exporter(self) -> SpanExporter: ...
 
@@ -86,24 +94,33 @@ class Runtime:
         """Write ``metric`` with ``context``'s ids (default: the current span's) and tell the observers."""
         if context is None:
             context = trace.get_current_span().get_span_context()
-        self.writer.submit(metric, context.trace_id, context.span_id)
+        self.writer.submit(metric, context.trace_id, context.span_id, context.trace_flags.sampled)
         for observer in self.metric_observers:
             observer(metric)
 
     def record_latency(
-        self, route: str, method: str, status: int, seconds: float, error: str | None, trace_hex: bytes, span_id: int
+        self,
+        route: str,
+        method: str,
+        status: int,
+        seconds: float,
+        error: str | None,
+        trace_hex: bytes,
+        span_id: int,
+        sampled: bool = False,
+        extra: dict[str, str | int | float | bool] | None = None,
     ) -> None:
         """One request's ``api_latency`` line; the typed record is built only when an observer wants it.
 
         ``trace_hex``: the trace id as 32 hex digits (``b""`` without tracing), as ``X-Request-ID`` sends it.
         """
         if not self.request_observers:
-            self.writer.submit_latency(route, method, status, seconds, error, trace_hex, span_id)
+            self.writer.submit_latency(route, method, status, seconds, error, trace_hex, span_id, sampled, extra)
             return
         metric = ApiLatencyMetric(
             route=route, method=method, status=status, duration=milliseconds(seconds), error=error
         )
-        self.writer.submit(metric, int(trace_hex, 16) if trace_hex else 0, span_id)
+        self.writer.submit(metric, int(trace_hex, 16) if trace_hex else 0, span_id, sampled, extra)
         for observer in self.request_observers:
             observer(metric)
 

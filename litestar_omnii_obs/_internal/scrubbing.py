@@ -130,6 +130,10 @@ class SecretScrubber(EventScrubber):
         super().scrub_event(event)
         for section in ("tags", "contexts"):
             self.scrub_dict(event.get(section))
+        self.scrub_request_query(event)
+
+    def scrub_request_query(self, event: Event) -> None:
+        """Secret query parameters of the event's request (its query string and URL) become ``[Filtered]``."""
         request = event.get("request")
         if isinstance(request, dict):
             query = request.get("query_string")

@@ -20,6 +20,21 @@ sentry-sdk's :class:`~sentry_sdk.scrubber.EventScrubber`: keys *containing* a
 denylisted word are redacted, recursively, in request headers, cookies, body,
 breadcrumbs, extra, user, frame variables and spans (by ``EventScrubber``), and in
 tags, contexts, the query string and the URL (added here).
+
+The order every error event goes through, last word ours:
+
+1. sentry-sdk's event processors (scope data, integrations, the request context added here);
+2. our scrubbing (:class:`SecretScrubber` as sentry-sdk's ``event_scrubber``);
+3. the app's own ``before_send``: ``SentryConfig.before_send``, else the one given to an earlier
+   ``sentry_sdk.init`` (the plugin's own init would otherwise replace it). Returning ``None``
+   drops the event: the app's choice, counted by sentry-sdk as filtered, never as lost. If the
+   hook raises (or returns something else than an event), that is logged once and the event is
+   sent as the hook left it: an error report is not lost to a bug in its filter, and step 4
+   still runs;
+4. a last scrub pass (:meth:`SentryReporter.before_send`): secret-looking keys and this request's
+   secret values, wherever a processor or the app's hook put them.
+
+Transactions (``traces="sdk"`` only) take the same steps 3 and 4 with ``before_send_transaction``.
 """
 
 from __future__ import annotations
@@ -30,29 +45,40 @@ import logging
 import threading
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import sentry_sdk
+from litestar.enums import ScopeType
 from opentelemetry import trace
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.scope import register_external_propagation_context, remove_external_propagation_context
 
 from litestar_omnii_obs._internal import runtime
-from litestar_omnii_obs._internal._compat import QuietHttpTransport
+from litestar_omnii_obs._internal.attributes import method_label
 from litestar_omnii_obs._internal.config import ObservabilityConfig, redact_url
 from litestar_omnii_obs._internal.scrubbing import DEFAULT_SCRUB_KEYS, SecretScrubber
+from litestar_omnii_obs._internal.sentry_transport import QuietHttpTransport
 
 if TYPE_CHECKING:
+    from litestar.types import Scope
     from opentelemetry.sdk.trace import SpanProcessor
     from sentry_sdk.transport import Transport
 
     from litestar_omnii_obs._internal._compat import Event, Hint
+    from litestar_omnii_obs._internal.config import SentryHook
 
 __all__ = ["DEFAULT_SCRUB_KEYS", "SecretScrubber", "SentryReporter", "capture_error", "start_sentry"]
 
 _logger = logging.getLogger("litestar_omnii_obs")
 #: The logger for requests that failed; sentry-sdk ignores it, since the plugin reports those errors itself.
 request_logger = logging.getLogger("litestar_omnii_obs.requests")
+
+#: Where a failing ``before_send`` of the app is logged; sentry-sdk ignores it, so the line never becomes an
+#: event that would meet the failing hook again.
+hook_logger = logging.getLogger("litestar_omnii_obs.sentry_hooks")
+
+#: Every part of a serialised event a ``before_send`` hook may have written to, for the pass after it.
+_EVENT_SECTIONS = ("request", "extra", "contexts", "tags", "user", "breadcrumbs", "exception", "threads", "spans")
 
 #: Secret values of the request being reported, blanked anywhere in its event (set during capture).
 _request_secrets: ContextVar[frozenset[str]] = ContextVar("omnii_obs_request_secrets", default=frozenset())
@@ -86,13 +112,49 @@ def _otel_propagation_context() -> tuple[str, str] | None:
 _request_crumbs: ContextVar[list[dict[str, Any]] | None] = ContextVar("omnii_obs_breadcrumbs", default=None)
 
 
-def new_request_breadcrumbs() -> None:
-    """Give this request its own breadcrumb list (the middleware calls this while Sentry is on).
+#: The ASGI scope of the request this code runs in, while Sentry is on: ``capture_error`` reports with its context.
+_request_scope: ContextVar[Scope | None] = ContextVar("omnii_obs_request_scope", default=None)
+
+
+def new_request_breadcrumbs(scope: Scope | None = None) -> None:
+    """Give this request its own breadcrumb list, and remember it (the middleware calls this while Sentry is on).
 
     Forking sentry-sdk's isolation scope per request would cost about 8 µs; a list costs
-    nothing, and keeps one request's operations out of another's events.
+    nothing, and keeps one request's operations out of another's events. The request's ASGI
+    ``scope`` is kept too, for ``capture_error`` (read only when it reports).
     """
     _request_crumbs.set([])
+    _request_scope.set(scope)
+
+
+class RequestDetails(TypedDict):
+    """What an error event says of its request (see :func:`request_details`)."""
+
+    method: str
+    route: str
+    url: str
+    query_string: str
+    headers: dict[str, str]
+    user_id: str | None
+
+
+def request_details(scope: Scope, method: str, route: str) -> RequestDetails:
+    """The request part of an error event, from the ASGI ``scope``: URL, query, headers, ``request.user``'s id.
+
+    Nothing is scrubbed here: :meth:`SentryReporter.capture_request_error` scrubs it all (one rule).
+    """
+    state: Mapping[str, Any] = scope
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in state["headers"]}
+    user = state.get("user")
+    user_id = user.get("id") if isinstance(user, dict) else getattr(user, "id", None)
+    return {
+        "method": method,
+        "route": route,
+        "url": f"{state['scheme']}://{headers.get('host', '')}{state.get('root_path', '')}{state['path']}",
+        "query_string": state.get("query_string", b"").decode("latin-1"),
+        "headers": headers,
+        "user_id": None if user_id is None else str(user_id),
+    }
 
 
 def breadcrumb(name: str, duration: float, exc: BaseException | None) -> None:
@@ -118,20 +180,73 @@ def _add_request_breadcrumbs(scope: sentry_sdk.Scope) -> None:
 class SentryReporter:
     """One app's view of Sentry: what it reports and how, on the process's shared client."""
 
-    def __init__(self, config: ObservabilityConfig, scrubber: SecretScrubber) -> None:
+    def __init__(
+        self,
+        config: ObservabilityConfig,
+        scrubber: SecretScrubber,
+        init_hooks: tuple[SentryHook | None, SentryHook | None] = (None, None),
+    ) -> None:
         self.config = config
         self.scrubber = scrubber
         self.enabled = True
+        self.init_hooks = init_hooks
+        """``before_send`` / ``before_send_transaction`` found on an earlier ``sentry_sdk.init``."""
+        self.user_before_send = config.sentry.before_send or init_hooks[0]
+        self.user_before_send_transaction = config.sentry.before_send_transaction or init_hooks[1]
+        self._hook_failed = False
 
     def before_send(self, event: Event, hint: Hint) -> Event | None:
-        """Last pass on the serialised event: anything a later processor added is scrubbed too."""
+        """sentry-sdk's ``before_send``: the app's hook, then the last scrub pass (the order: module docs)."""
         scrubber = self.scrubber
+        hook = self.user_before_send
+        if hook is not None:
+            changed = self._run_app_hook(hook, "before_send", event, hint)
+            if changed is None:
+                return None  # the app dropped it
+            event = changed
+            self._scrub_after_app_hook(event)
         for section in ("extra", "contexts", "tags", "user"):
             scrubber.redact_plain(event.get(section))
         secrets = _request_secrets.get()
         if secrets:
             scrubber.redact_values(event, secrets)
         return event
+
+    def before_send_transaction(self, event: Event, hint: Hint) -> Event | None:
+        """sentry-sdk's ``before_send_transaction`` (set only when the app has one): its hook, then a scrub pass."""
+        hook = self.user_before_send_transaction
+        changed = event if hook is None else self._run_app_hook(hook, "before_send_transaction", event, hint)
+        if changed is not None:
+            self._scrub_after_app_hook(changed)
+        return changed
+
+    def _run_app_hook(self, hook: SentryHook, name: str, event: Event, hint: Hint) -> Event | None:
+        """The app's hook's verdict; if it fails, the event as the hook left it (logged once)."""
+        try:
+            changed: object = hook(event, hint)
+        except Exception:
+            self._app_hook_failed(f"your Sentry {name} hook raised")
+            return event
+        if changed is not None and not isinstance(changed, dict):
+            self._app_hook_failed(f"your Sentry {name} hook returned {type(changed).__name__}, not an event or None")
+            return event
+        return changed  # type: ignore[return-value]  # a dict: the event it changed or built
+
+    def _app_hook_failed(self, what: str) -> None:
+        if not self._hook_failed:
+            self._hook_failed = True
+            hook_logger.error(
+                "%s; the event is sent as the hook left it, scrubbed (further failures are not logged)",
+                what,
+                exc_info=True,
+            )
+
+    def _scrub_after_app_hook(self, event: Event) -> None:
+        """What the app's hook added is scrubbed as the rest was: secret-looking keys, secret query parameters."""
+        scrubber = self.scrubber
+        for section in _EVENT_SECTIONS:
+            scrubber.redact_plain(event.get(section))
+        scrubber.scrub_request_query(event)
 
     def capture(
         self,
@@ -140,17 +255,30 @@ class SentryReporter:
         tags: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> str | None:
+        """``capture_error``: ``exc`` with the user, tags and extra given; inside a request, with its context too."""
         if not self.enabled:
             return None
+        request = _request_scope.get()
         with sentry_sdk.new_scope() as scope:
-            _add_request_breadcrumbs(scope)
             if user_id is not None:
                 scope.set_user({"id": str(user_id)})
             for key, value in (tags or {}).items():
                 scope.set_tag(key, value)
             for key, value in (extra or {}).items():
                 scope.set_extra(key, value)
+            if request is not None and request["type"] == ScopeType.HTTP:
+                return self._capture_in_request(exc, request)
+            _add_request_breadcrumbs(scope)
             return sentry_sdk.capture_exception(exc)
+
+    def _capture_in_request(self, exc: BaseException, request: Scope) -> str | None:
+        """As a server error's event: the request's transaction (route template), route tag and scrubbed data."""
+        method: str = request["method"]  # type: ignore[typeddict-item]  # an HTTP scope
+        route = request.get("path_template") or request["path"]
+        context = trace.get_current_span().get_span_context()
+        trace_id = f"{context.trace_id:032x}" if context.is_valid else None
+        details = request_details(request, method_label(method), route)
+        return self.capture_request_error(exc, **details, status=None, trace_id=trace_id)
 
     def capture_request_error(
         self,
@@ -160,28 +288,44 @@ class SentryReporter:
         route: str,
         url: str,
         query_string: str,
-        status: int,
+        status: int | None,
         headers: Mapping[str, str],
         user_id: str | None,
         trace_id: str | None,
+        enriched: Mapping[str, str | int | float | bool] | None = None,
     ) -> str | None:
-        """Report an exception that became a server error, with its request's context."""
+        """Report an exception that became a server error, with its request's context.
+
+        ``status`` is ``None`` for ``capture_error`` inside a request (no response yet).
+
+        ``enriched`` (``ObservabilityConfig.enrich``'s result) becomes tags, ``user.id`` the user when PII
+        is allowed; neither replaces a tag or user the app set on its scope.
+        """
         if not self.enabled:
             return None
         with sentry_sdk.new_scope() as scope:
             _add_request_breadcrumbs(scope)
             scope.set_transaction_name(f"{method} {route}")
-            scope.set_tag("http.status_code", str(status))
             scope.set_tag("http.route", route)
-            scope.set_context("response", {"status_code": status})
+            if status is not None:
+                scope.set_tag("http.status_code", str(status))
+                scope.set_context("response", {"status_code": status})
             if trace_id:
                 scope.set_tag("trace_id", trace_id)
-            if user_id is not None and self.config.sentry.send_default_pii:  # request-derived user data is PII
-                scope.set_user({"id": user_id})
+            pii = self.config.sentry.send_default_pii  # request-derived user data is PII
+            if enriched is not None and "user.id" in enriched:  # the app's own answer wins over request.user
+                user_id = str(enriched["user.id"])
             request = {"method": method, "url": url, "query_string": query_string, "headers": dict(headers)}
 
             def add_request(event: Event, hint: Hint) -> Event:
+                # Event processors run after the scope's tags and user are applied: what the app set stays.
                 event["request"] = dict(request)
+                if enriched:
+                    tags = event.setdefault("tags", {})
+                    for key, value in enriched.items():
+                        tags.setdefault(key, str(value))
+                if pii and user_id is not None and not event.get("user"):
+                    event["user"] = {"id": user_id}
                 return event
 
             scope.add_event_processor(add_request)
@@ -190,6 +334,36 @@ class SentryReporter:
                 return sentry_sdk.capture_exception(exc)
             finally:
                 _request_secrets.reset(token)
+
+    def skip_reason(self, exc: BaseException, status: int | None, statuses: frozenset[int] | None = None) -> str | None:
+        """Why a server error's exception is not sent to Sentry, or ``None`` when it is.
+
+        ``status``: ``None`` where no HTTP status applies (a websocket); ``statuses``: the route's own
+        ``sentry_statuses`` (``None``: ``capture_status_codes``).
+        """
+        if not self.enabled:
+            return "Sentry is shutting down"
+        if status is not None:
+            if statuses is not None:
+                if status not in statuses:
+                    return f"status {status} is not in this route's sentry_statuses"
+            elif status not in self.config.sentry.capture_status_codes:
+                return f"status {status} is not in capture_status_codes (OMNII_OBS_SENTRY_CAPTURE_STATUS)"
+        return self._ignored(type(exc))
+
+    def _ignored(self, kind: type[BaseException]) -> str | None:
+        """Why ``kind`` is in ``ignore_errors`` (by name, or as a subclass of one), or ``None``."""
+        names = self.config.sentry.ignore_errors
+        for name, ignored in zip(names, _resolve_error_types(names), strict=True):
+            if isinstance(ignored, str):
+                if ignored not in (kind.__name__, f"{kind.__module__}.{kind.__name__}"):
+                    continue
+            elif not issubclass(kind, ignored):
+                continue
+            exact = isinstance(ignored, str) or kind is ignored
+            what = kind.__qualname__ if exact else f"{kind.__qualname__} (a {name})"
+            return f"{what} is in ignore_errors (OMNII_OBS_SENTRY_IGNORE_ERRORS)"
+        return None
 
     def span_processor(self) -> SpanProcessor | None:
         """sentry-sdk's OpenTelemetry span processor, for ``sentry.traces="sdk"`` only."""
@@ -216,6 +390,8 @@ def _options_key(config: ObservabilityConfig) -> tuple[Any, ...]:
         s.ignore_errors,
         s.scrub_keys,
         s.send_default_pii,
+        s.before_send,
+        s.before_send_transaction,
     )
 
 
@@ -270,28 +446,31 @@ class _SharedClient:
 _shared = _SharedClient()
 
 
+def _hooks_of_earlier_init() -> tuple[SentryHook | None, SentryHook | None]:
+    """``before_send`` / ``before_send_transaction`` the app gave ``sentry_sdk.init`` before the plugin started.
+
+    ``sentry_sdk.init`` replaces the client, so the plugin's own init would drop them. A client an
+    earlier app of ours started carries our hook: the one it had found is taken from it instead.
+    """
+    client = sentry_sdk.get_client()
+    if not client.is_active():
+        return None, None
+    found: list[SentryHook | None] = []
+    for index, name in enumerate(("before_send", "before_send_transaction")):
+        hook = client.options.get(name)
+        owner = getattr(hook, "__self__", None)
+        found.append(owner.init_hooks[index] if isinstance(owner, SentryReporter) else hook)
+    return found[0], found[1]
+
+
 def _init_client(config: ObservabilityConfig, transport: Transport | None) -> SentryReporter:
+    """Start sentry-sdk's client with the plugin's reporter, scrubber and transport; returns the reporter."""
     options = config.sentry
     scrubber = SecretScrubber(options.scrub_keys, options.send_default_pii)
-    reporter = SentryReporter(config, scrubber)
+    reporter = SentryReporter(config, scrubber, _hooks_of_earlier_init())
+    _warn_replaced_init_hooks(config, reporter)
     sdk_traces = options.traces == "sdk" and config.tracing_active
-    extra: dict[str, Any] = {"send_default_pii": True} if options.send_default_pii else {}
-    if sdk_traces:
-        extra.update(instrumenter="otel", traces_sample_rate=config.sentry_traces_sample_rate)
-    sentry_sdk.init(
-        dsn=options.dsn or "https://public@sentry.invalid/1",  # a capture's transport sends nowhere
-        environment=options.environment or config.environment,
-        release=options.release or config.version,
-        ignore_errors=_resolve_error_types(options.ignore_errors),
-        event_scrubber=scrubber,
-        before_send=reporter.before_send,
-        transport=transport or QuietHttpTransport,
-        auto_enabling_integrations=False,
-        shutdown_timeout=options.flush_timeout,
-        # Room for bursts of errors (the default is 100); beyond it events are counted as lost.
-        transport_queue_size=1000,
-        **extra,
-    )
+    sentry_sdk.init(**_sdk_init_options(config, transport, scrubber, reporter, sdk_traces))
     transport_in_use = sentry_sdk.get_client().transport
     if isinstance(transport_in_use, QuietHttpTransport):
         transport_in_use.start_worker()  # here, not on the first error's response
@@ -300,8 +479,62 @@ def _init_client(config: ObservabilityConfig, transport: Transport | None) -> Se
     # Litestar logs every unhandled exception, and we log server errors once; both are reported here.
     ignore_logger("litestar")
     ignore_logger(request_logger.name)
+    ignore_logger(hook_logger.name)
     _logger.info("Sentry initialised for environment %s (%s)", config.environment, redact_url(options.dsn))
     return reporter
+
+
+def _warn_replaced_init_hooks(config: ObservabilityConfig, reporter: SentryReporter) -> None:
+    """One warning per hook given both to ``sentry_sdk.init`` and to :class:`SentryConfig`: the config's wins."""
+    for index, name in enumerate(("before_send", "before_send_transaction")):
+        earlier = reporter.init_hooks[index]
+        if earlier is not None and getattr(config.sentry, name) not in (None, earlier):
+            _logger.warning("SentryConfig.%s replaces the %s given to sentry_sdk.init", name, name)
+
+
+def _sdk_init_options(
+    config: ObservabilityConfig,
+    transport: Transport | None,
+    scrubber: SecretScrubber,
+    reporter: SentryReporter,
+    sdk_traces: bool,
+) -> dict[str, Any]:
+    """The keyword arguments of ``sentry_sdk.init``: the plugin's hooks and scrubber, the config's settings."""
+    options = config.sentry
+    extra: dict[str, Any] = {"send_default_pii": True} if options.send_default_pii else {}
+    if sdk_traces:
+        extra.update(instrumenter="otel", traces_sample_rate=config.sentry_traces_sample_rate)
+    return {
+        "dsn": options.dsn or "https://public@sentry.invalid/1",  # a capture's transport sends nowhere
+        "environment": options.environment or config.environment,
+        "release": options.release or config.version,
+        "ignore_errors": _resolve_error_types(options.ignore_errors),
+        "event_scrubber": scrubber,
+        "before_send": reporter.before_send,
+        "before_send_transaction": None
+        if reporter.user_before_send_transaction is None
+        else reporter.before_send_transaction,
+        "transport": transport or QuietHttpTransport,
+        # A capture's events stay in the process: no Spotlight sidecar, whatever SENTRY_SPOTLIGHT says.
+        "spotlight": False if transport is not None else None,
+        "auto_enabling_integrations": False,
+        "shutdown_timeout": options.flush_timeout,
+        # Room for bursts of errors (the default is 100); beyond it events are counted as lost.
+        "transport_queue_size": 1000,
+        **extra,
+    }
+
+
+def not_sent_note(
+    app_runtime: runtime.Runtime | None, exc: BaseException, status: int | None, statuses: frozenset[int] | None = None
+) -> str:
+    """The ERROR line's `` (not sent to Sentry: why)`` for a server error Sentry does not get; ``""`` otherwise.
+
+    Nothing when Sentry is off: the start-up warning said so once.
+    """
+    reporter = None if app_runtime is None else app_runtime.sentry
+    reason = None if reporter is None else reporter.skip_reason(exc, status, statuses)
+    return "" if reason is None else f" (not sent to Sentry: {reason})"
 
 
 def start_sentry(config: ObservabilityConfig, transport: Transport | None = None) -> SentryReporter | None:

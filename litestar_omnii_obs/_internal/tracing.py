@@ -21,41 +21,36 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
 from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.trace import Span, SpanContext, SpanKind
 
 from litestar_omnii_obs._internal._bounded import run_bounded
 from litestar_omnii_obs._internal._compat import ExportLogFilter, follow_config_not_environ
+from litestar_omnii_obs._internal.attributes import TrustedProxies
 from litestar_omnii_obs._internal.config import ConfigError, ObservabilityConfig, redact_url
-from litestar_omnii_obs._internal.durations import SCOPE, DurationsExporter, RequestDurations
-from litestar_omnii_obs._internal.health import PeerHealth
-from litestar_omnii_obs._internal.otlp import (
-    CollectorTarget,
-    FanOutSpanExporter,
-    SentryTarget,
-    Target,
-    build_metric_exporter,
-)
-from litestar_omnii_obs._internal.otlp.batcher import SpanBatcher
+from litestar_omnii_obs._internal.durations import SCOPE, RequestDurations
 from litestar_omnii_obs._internal.records import GraphQueryMetric, MetricRecord, SyncMetric
 from litestar_omnii_obs._internal.sampling import PresetTraceIds, ServerSampling, new_span_id
 from litestar_omnii_obs._internal.server_span import ServerSpans
 from litestar_omnii_obs._internal.shared import route_global_provider
+
+if TYPE_CHECKING:
+    # Imported where used: the SDK's metrics and span exporters, and our OTLP exporters (gRPC, protobuf),
+    # load only when the config exports (issue 22: an app without peers does not pay for them).
+    from opentelemetry.metrics import CallbackOptions, Observation
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from litestar_omnii_obs._internal.otlp import FanOutSpanExporter, Target
+    from litestar_omnii_obs._internal.otlp.batcher import SpanBatcher
+    from litestar_omnii_obs._internal.otlp.metrics import DurationsExporter
 
 __all__ = [
     "Telemetry",
@@ -80,7 +75,7 @@ def build_resource(config: ObservabilityConfig) -> Resource:
             "telemetry.sdk.version": sdk_version,
             **dict(config.tracing.resource_attributes),
             "service.name": config.service_name,
-            "service.version": config.version,
+            **({} if config.version is None else {"service.version": config.version}),
             "deployment.environment.name": config.environment,
         }
     )
@@ -141,19 +136,9 @@ class Telemetry:
         self.ids = ids
         #: Sampled server spans without the SDK's per-span work, while the processors are all ours.
         self.server_spans = server_spans
+        #: Whose forwarded headers a recorded server span believes (``tracing.trusted_proxies``).
+        self.proxies = TrustedProxies(config.tracing.trusted_proxies)
         self.detachable = list(detachable)  # processors added to a provider that is not ours
-
-    def sample_joined(self, parent: Context) -> tuple[bool, int, SpanContext | None]:
-        """The decision for a request that came with trace headers: (sampled, trace id, the caller's span context).
-
-        Headers that hold no valid span context start a new trace, decided as any other root.
-        """
-        assert self.sampling is not None
-        parent_context = trace.get_current_span(parent).get_span_context()
-        if not parent_context.is_valid:
-            sampled, trace_id = self.sampling.sample_root()
-            return sampled, trace_id, None
-        return self.sampling.sampled(parent_context), parent_context.trace_id, parent_context
 
     def start_sampled(
         self,
@@ -179,6 +164,8 @@ class Telemetry:
         return span
 
     def _queue_size(self, options: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
         return [Observation(self.pending_lines())]
 
     def record_operation(self, name: str, duration: float, exc: BaseException | None) -> None:
@@ -249,7 +236,10 @@ def build_span_exporter(config: ObservabilityConfig, sentry_dsn: str | None) -> 
     """One exporter for the collector (first: its result is the export's) and Sentry's OTLP endpoint."""
     tracing = config.tracing
     targets: list[Target] = []
+    # The OTLP package (transports, gRPC, protobuf) is imported only when there is a target to send to.
     if tracing.traces_endpoint:
+        from litestar_omnii_obs._internal.otlp import CollectorTarget, FanOutSpanExporter
+
         targets.append(
             CollectorTarget(
                 tracing.otlp_endpoint,
@@ -261,12 +251,16 @@ def build_span_exporter(config: ObservabilityConfig, sentry_dsn: str | None) -> 
         )
     rate = config.sentry_traces_sample_rate
     if sentry_dsn and rate > 0:
+        from litestar_omnii_obs._internal.otlp import FanOutSpanExporter, SentryTarget
+
         targets.append(SentryTarget.from_dsn(sentry_dsn, rate=rate, timeout=tracing.export_timeout))
     return FanOutSpanExporter(targets) if targets else None
 
 
 def metric_exporter_from_config(config: ObservabilityConfig) -> MetricExporter:
     """The OTLP metric exporter for the config's metrics endpoint and protocol (also used by ``obs check``)."""
+    from litestar_omnii_obs._internal.otlp import build_metric_exporter
+
     tracing = config.tracing
     protocol = tracing.otlp_metrics_protocol or tracing.otlp_protocol
     try:
@@ -354,6 +348,8 @@ def _adopt_provider(
     log_filter: ExportLogFilter,
 ) -> Telemetry:
     """The application's own provider (``OMNII_OBS_USE_APP_PROVIDER``): ours are added, removable on stop."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
     _logger.warning("using the application's own OpenTelemetry TracerProvider; not installing another")
     # The SDK cannot remove a span processor: ours stop forwarding when this app stops.
     added = [_ForwardUntilStopped(p) for p in extra_processors]
@@ -371,9 +367,13 @@ def _span_processors(
     tracing = config.tracing
     processors: list[SpanProcessor] = []
     if capture_exporter is not None:
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
         processors.append(SimpleSpanProcessor(capture_exporter))
     batcher = None
     if exporter is not None:
+        from litestar_omnii_obs._internal.otlp.batcher import SpanBatcher
+
         batcher = SpanBatcher(
             exporter,
             max_queue=tracing.bsp_max_queue_size,
@@ -382,6 +382,8 @@ def _span_processors(
         )
         processors.append(batcher)
     if tracing.console and (not tracing.traces_endpoint or "console" in tracing.traces_exporter):
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
         processors.append(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     elif not tracing.traces_endpoint and capture_exporter is None and "otlp" in tracing.traces_exporter:
         _logger.warning("OTEL_EXPORTER_OTLP_ENDPOINT is not set: spans are created for trace ids but not exported")
@@ -395,6 +397,12 @@ def _metrics(
     metrics_endpoint = config.tracing.metrics_endpoint
     if not metrics_endpoint:
         return None, None, None
+    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    from litestar_omnii_obs._internal.health import PeerHealth
+    from litestar_omnii_obs._internal.otlp.metrics import DurationsExporter
+
     durations = RequestDurations()
     durations.start_folding()
     metric_exporter = DurationsExporter(

@@ -1,18 +1,17 @@
-"""What the HTTP test peers (Sentry ingest, OTLP/HTTP receiver) share: a server thread on 127.0.0.1 that can be
-stopped and restarted on the same port, connections that can be cut, and waiting for what arrives."""
+"""What the HTTP test peers (Sentry ingest, OTLP/HTTP receiver) share: a server thread whose connections a stop
+cuts, on the lifecycle every peer has (:class:`tests.peers.base.Peer`)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from tests.peers.base import Peer
+
+__all__ = ["HttpPeer", "TrackedHTTPServer"]
 
 
 class TrackedHTTPServer(ThreadingHTTPServer):
@@ -46,98 +45,38 @@ class TrackedHTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class HttpPeer:
-    """Lifecycle and waiting; a subclass makes its server (:meth:`_make_server`) and says what it got (``describe``).
+class HttpPeer(Peer):
+    """An HTTP server thread; a subclass makes its server (:meth:`_make_server`) and says what it got (``describe``).
 
-    ``port=None`` binds a free port on the first :meth:`start`; later starts (after :meth:`stop`) rebind the same
-    port. Subclasses call :meth:`_arrived` under ``_cond`` whenever something is recorded.
+    On stop, open connections are cut and delays waiting on ``_stopping`` end.
     """
 
     def __init__(self, port: int | None) -> None:
-        self._requested_port = port or 0
-        self._bound_port: int | None = None
+        super().__init__(port)
         self._server: TrackedHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._lifecycle = threading.Lock()
-        self._cond = threading.Condition()
-        self._generation = 0
 
     def _make_server(self, address: tuple[str, int]) -> TrackedHTTPServer:
         raise NotImplementedError
 
-    def describe(self) -> str:
-        raise NotImplementedError
+    def _serve(self, port: int) -> int:
+        server = self._make_server(("127.0.0.1", port))
+        self._stopping.clear()
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=type(self).__name__, daemon=True
+        )
+        self._thread.start()
+        return int(server.server_address[1])
 
-    def start(self) -> Self:
-        with self._lifecycle:
-            if self._server is not None:
-                raise RuntimeError(f"{type(self).__name__} already started")
-            port = self._bound_port if self._bound_port is not None else self._requested_port
-            server = self._make_server(("127.0.0.1", port))
-            self._bound_port = server.server_address[1]
-            self._stopping.clear()
-            self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=type(self).__name__, daemon=True
-            )
-            self._thread.start()
-            return self
-
-    def stop(self) -> None:
-        """Stop serving: the port closes, open connections are cut, pending delays end. Safe to call twice."""
-        with self._lifecycle:
-            server, self._server = self._server, None
-            thread, self._thread = self._thread, None
-            if server is None:
-                return
-            self._stopping.set()
+    def _shutdown(self) -> None:
+        server, self._server = self._server, None
+        thread, self._thread = self._thread, None
+        self._stopping.set()
+        if server is not None:
             server.shutdown()
             server.kick_connections()
             server.server_close()
-            if thread is not None:
-                thread.join()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    @property
-    def port(self) -> int:
-        if self._bound_port is None:
-            raise RuntimeError(f"{type(self).__name__} has not been started")
-        return self._bound_port
-
-    def _arrived(self) -> None:
-        """Wake :meth:`wait_for` (call with ``_cond`` held)."""
-        self._generation += 1
-        self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[], T | None], timeout: float = 10.0) -> T:
-        """Re-evaluate ``predicate`` whenever something arrives; return its first truthy result.
-
-        Raises ``TimeoutError`` (listing what was received) if it stays falsy for ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._cond:
-                generation = self._generation
-            result = predicate()
-            if result:
-                return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"{type(self).__name__}: condition not met within {timeout}s; received: {self.describe()}"
-                )
-            with self._cond:
-                if self._generation == generation:  # nothing new yet: sleep until something arrives
-                    self._cond.wait(remaining)
+        if thread is not None:
+            thread.join()

@@ -26,8 +26,8 @@ from typing import Any
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from tests.peers.decode import MetricPoint, ReceivedSpan, Signal, decode_metrics, decode_spans
 from tests.peers.http_peer import HttpPeer, TrackedHTTPServer
-from tests.peers.otlp_receiver import MetricPoint, ReceivedSpan, Signal, _decode_metrics, _decode_spans
 
 __all__ = ["HttpExportRequest", "OtlpHttpReceiver"]
 
@@ -119,11 +119,6 @@ class OtlpHttpReceiver(HttpPeer):
         return _Server(self, address)
 
     @property
-    def endpoint(self) -> str:
-        """The base endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT``); signals live under ``/v1/...``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def traces_url(self) -> str:
         return f"{self.endpoint}/v1/traces"
 
@@ -177,9 +172,9 @@ class OtlpHttpReceiver(HttpPeer):
             elif handler.headers.get("Content-Type", "").split(";")[0].strip() != "application/x-protobuf":
                 error, status = f"unsupported Content-Type {handler.headers.get('Content-Type')!r}", 415
             elif signal == "traces":
-                spans = _decode_spans(trace_service_pb2.ExportTraceServiceRequest.FromString(body), failure is None)
+                spans = decode_spans(trace_service_pb2.ExportTraceServiceRequest.FromString(body), failure is None)
             else:
-                points = _decode_metrics(
+                points = decode_metrics(
                     metrics_service_pb2.ExportMetricsServiceRequest.FromString(body), failure is None
                 )
         except Exception as exc:  # bad gzip, bad protobuf, a cut connection

@@ -30,8 +30,8 @@ from urllib.parse import parse_qs, urlsplit
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from tests.peers.decode import ReceivedSpan, decode_spans
 from tests.peers.http_peer import HttpPeer, TrackedHTTPServer
-from tests.peers.otlp_receiver import ReceivedSpan, _decode_spans
 
 try:  # optional, like in sentry_sdk.transport
     import brotli  # type: ignore[import-not-found, unused-ignore]
@@ -281,7 +281,7 @@ class SentryIngest(HttpPeer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.endpoint
 
     @property
     def dsn(self) -> str:
@@ -348,7 +348,7 @@ class SentryIngest(HttpPeer):
                     error = "missing or wrong sentry_key"
                 elif otlp is not None:
                     request = trace_service_pb2.ExportTraceServiceRequest.FromString(raw)
-                    otlp_spans = _decode_spans(request, 200 <= status < 300)
+                    otlp_spans = decode_spans(request, 200 <= status < 300)
                 else:
                     envelope = parse_envelope(raw)
             except EnvelopeError as exc:

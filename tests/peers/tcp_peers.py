@@ -8,42 +8,39 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from types import TracebackType
-from typing import Self
 
-from tests.conftest import free_port
+from tests.peers.base import Peer
+
+__all__ = ["HungPeer", "ResettingPeer"]
 
 
-class _TcpPeer:
+class _TcpPeer(Peer):
+    """A listening socket whose accepted connections a subclass handles (:meth:`_accepted`)."""
+
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.accepted = 0
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._held: list[socket.socket] = []
         self._stop = threading.Event()
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Self:
+    def _serve(self, port: int) -> int:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        sock.bind(("127.0.0.1", port))
         sock.listen(128)
         sock.settimeout(0.1)
         self._sock = sock
         self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread = threading.Thread(target=self._accept_loop, args=(sock,), daemon=True)
         self._thread.start()
-        return self
+        return int(sock.getsockname()[1])
 
-    def _serve(self) -> None:
-        assert self._sock is not None
+    def _accept_loop(self, sock: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                connection, _ = self._sock.accept()
+                connection, _ = sock.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -54,7 +51,7 @@ class _TcpPeer:
     def _accepted(self, connection: socket.socket) -> None:
         raise NotImplementedError
 
-    def stop(self) -> None:
+    def _shutdown(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -63,12 +60,6 @@ class _TcpPeer:
         for held in self._held:
             held.close()
         self._held.clear()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
 
 class HungPeer(_TcpPeer):

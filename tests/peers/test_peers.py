@@ -5,7 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 
 import grpc
 import httpx
@@ -21,8 +22,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from tests.peers.base import Peer
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver
 from tests.peers.sentry_ingest import SentryIngest, parse_envelope
+from tests.peers.tcp_peers import HungPeer, ResettingPeer
 
 # --------------------------------------------------------------------------- OTLP/gRPC receiver
 
@@ -406,3 +410,36 @@ def test_sentry_ingest_wait_times_out_with_what_it_received(ingest: SentryIngest
         ingest.wait_for_events(1, timeout=0.2)
     ingest.clear()
     assert ingest.requests() == []
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on the port (a reset right after accepting counts)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+@pytest.mark.parametrize("make", [OtlpReceiver, OtlpHttpReceiver, SentryIngest, HungPeer, ResettingPeer])
+def test_every_peer_restarts_on_the_same_port_and_refuses_while_stopped(make: Callable[[], Peer]) -> None:
+    peer = make()
+    with pytest.raises(RuntimeError, match="has not been started"):
+        _ = peer.port
+    with peer:
+        port = peer.port
+        assert peer.running
+        assert listening(port)
+        with pytest.raises(RuntimeError, match="already started"):
+            peer.start()
+        peer.stop()
+        assert not peer.running
+        assert not listening(port)
+        peer.restart()
+        assert (peer.port, peer.running) == (port, True)
+        assert peer.endpoint == f"http://127.0.0.1:{port}"
+        assert listening(port)
+    assert not peer.running
+    peer.stop()  # twice is fine

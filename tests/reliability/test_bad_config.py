@@ -74,6 +74,7 @@ FLOATS = (
     "OMNII_OBS_SHUTDOWN_TIMEOUT",
     "OMNII_OBS_EXPORT_TIMEOUT",
     "OMNII_OBS_METRICS_SHUTDOWN_TIMEOUT",
+    "OMNII_OBS_KEEP_SLOWER_THAN_MS",
 )
 POSITIVE_INTS = (
     "OMNII_OBS_METRICS_MAX_QUEUE",
@@ -135,6 +136,15 @@ BAD_BY_KIND: dict[tuple[str, ...], tuple[str, ...]] = {
     ("OTEL_EXPORTER_OTLP_HEADERS",): ("no-equals", "=v", " = v", "a=b,novalue"),
     ("OTEL_TRACES_SAMPLER",): ("sometimes", "always-on", "always_on ", "parentbased_jaeger_remote", "0"),
     ("OMNII_OBS_EXCLUDE_PATHS",): ("health", "/a*b", "*", "/ok,relative", "/a,**"),
+    ("OMNII_OBS_EXCLUDE_ROUTES",): ("health", "/a*", "*", "/ok,relative", "/users/*"),
+    ("OMNII_OBS_LINE_ATTRIBUTES",): ("Not An Attr", "1abc", "a..b", "tenant;plan", "-"),
+    ("OMNII_OBS_KEEP_STATUSES",): ("700", "5xx", "nonee", "500-", "-", "599-500", HUGE),
+    ("OMNII_OBS_FORWARDED_ALLOW_IPS",): ("not-an-ip", "10.0.0.0/33", "1.2.3", "::g", "10.0.0.1,,x", "**"),
+    (
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS",
+    ): ("(", "x-[a", "*x", "a,(b"),
     ("OMNII_OBS_METRICS_SINK",): ("/no/such/dir/m.jsonl", "/tmp", "/"),
     ("OMNII_OBS_SENTRY_IGNORE_ERRORS",): ("Not An Error", "1abc", "a..b", "ValueError;KeyError", "-"),
     ("OMNII_OBS_SENTRY_CAPTURE_STATUS",): ("700", "599-500", "5xx", "-", "500-", "99", HUGE, "500,,502", "600"),

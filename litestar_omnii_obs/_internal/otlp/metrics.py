@@ -2,20 +2,38 @@
 
 Metrics leave once per export interval as one small request, so the SDK exporters' per-object
 encoding costs nothing worth replacing; only the choice of exporter and its settings (the
-same endpoint, TLS and credential rules as the span transports) live here.
+same endpoint, TLS and credential rules as the span transports) live here, and
+:class:`DurationsExporter`, which adds the request durations to each export.
+
+Imported only when metrics are exported: the SDK's metrics package comes with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.sdk.metrics.export import MetricExporter
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
 
-from litestar_omnii_obs._internal.otlp.targets import OtlpProtocol, signal_url
-from litestar_omnii_obs._internal.otlp.transports import Compression, split_credentials
+from litestar_omnii_obs._internal._compat import exporter_preferences
+from litestar_omnii_obs._internal.durations import SCOPE, RequestDurations
+from litestar_omnii_obs._internal.otlp.targets import signal_url
+from litestar_omnii_obs._internal.otlp.transports import split_credentials
 
-__all__ = ["HTTP_EXTRA_HINT", "build_metric_exporter"]
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import Metric
+
+    from litestar_omnii_obs._internal.health import PeerHealth
+    from litestar_omnii_obs._internal.otlp.targets import OtlpProtocol
+    from litestar_omnii_obs._internal.otlp.transports import Compression
+
+__all__ = ["HTTP_EXTRA_HINT", "DurationsExporter", "build_metric_exporter"]
 
 #: What to install for ``http/protobuf`` metrics.
 HTTP_EXTRA_HINT = "pip install 'litestar-omnii-obs[http]'"
@@ -113,3 +131,64 @@ def _grpc_compression(compression: Compression) -> Any:
     import grpc  # type: ignore[import-untyped]
 
     return grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
+
+
+def _with_extra(data: MetricsData, extra: Metric) -> MetricsData:
+    """``data`` plus ``extra`` in this package's scope (the OTLP encoder keys scopes by name)."""
+    if not data.resource_metrics:
+        return data
+    first, *rest = data.resource_metrics
+    scopes = list(first.scope_metrics)
+    for index, scope in enumerate(scopes):
+        if scope.scope.name == SCOPE.name:
+            scopes[index] = ScopeMetrics(
+                scope=scope.scope, metrics=[*scope.metrics, extra], schema_url=scope.schema_url
+            )
+            break
+    else:
+        scopes.append(ScopeMetrics(scope=SCOPE, metrics=[extra], schema_url=""))
+    merged = ResourceMetrics(resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url)
+    return MetricsData(resource_metrics=[merged, *rest])
+
+
+class DurationsExporter(MetricExporter):
+    """Wraps the OTLP metric exporter: adds the request durations to each export; one outage rule.
+
+    While the collector is down an export is attempted at most every probe interval
+    (:class:`~litestar_omnii_obs._internal.health.PeerHealth`); points are cumulative, so an export
+    skipped or failed loses nothing as long as a later one is accepted. Only a final export
+    at shutdown that fails loses data, and is counted.
+    """
+
+    def __init__(self, inner: MetricExporter, durations: RequestDurations, health: PeerHealth) -> None:
+        super().__init__(**exporter_preferences(inner))
+        self.inner = inner
+        self.durations = durations
+        self.health = health
+        #: Set by the app's shutdown: the next export is the last one, attempted whatever the outage state.
+        self.final = False
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        final = self.final
+        if not final and not self.health.begin():
+            return MetricExportResult.FAILURE  # down: cumulative points wait for the next probe
+        extra = self.durations.metric()
+        if extra is not None:
+            metrics_data = _with_extra(metrics_data, extra)
+        try:
+            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            result = MetricExportResult.FAILURE
+        if result is MetricExportResult.SUCCESS:
+            self.health.succeeded(1)
+        else:
+            self.health.failed("export failed")
+            if final:
+                self.health.lose(1, "final export failed (points since the last accepted export)")
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)

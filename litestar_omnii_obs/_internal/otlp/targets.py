@@ -1,9 +1,10 @@
 """Where spans go: an OTLP collector (every span) and Sentry's OTLP endpoint (the traces under a rate).
 
-A target is a transport plus a rule for which spans it takes. Sentry's rule is OpenTelemetry's
-``TraceIdRatioBased`` sampler rule applied to the trace id (the SDK computes the bound), so
-what Sentry gets is a subset of what a ratio-sampled collector gets, and every trace goes to
-Sentry whole or not at all whatever process made its spans.
+A target is a transport plus a rule for which spans it takes. Sentry's rule is the package's
+one trace-id ratio rule (:func:`~litestar_omnii_obs._internal.sampling.under_ratio`,
+OpenTelemetry's ``TraceIdRatioBased`` test), so what Sentry gets is a subset of what a
+ratio-sampled collector gets, and every trace goes to Sentry whole or not at all whatever
+process made its spans.
 """
 
 from __future__ import annotations
@@ -11,11 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
-
-from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
-from sentry_sdk.consts import VERSION as SENTRY_SDK_VERSION
-from sentry_sdk.consts import EndpointType
-from sentry_sdk.utils import Dsn
 
 from litestar_omnii_obs._internal.config import OtlpProtocol
 from litestar_omnii_obs._internal.health import PROBE_INTERVAL, PeerHealth
@@ -26,10 +22,9 @@ from litestar_omnii_obs._internal.otlp.transports import (
     OtlpHttpTransport,
     OtlpTransport,
 )
+from litestar_omnii_obs._internal.sampling import ratio_bound, under_ratio
 
 __all__ = ["CollectorTarget", "OtlpProtocol", "SentryTarget", "Target", "signal_url"]
-
-_TRACE_ID_LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
 
 
 def signal_url(endpoint: str | None, signal_endpoint: str | None, signal: str) -> str:
@@ -58,8 +53,8 @@ class Target:
             raise ValueError("rate must be in [0, 1]")
         self.transport = transport
         self.rate = rate
-        #: Spans whose trace id's low 64 bits are below this go to the target (the SDK sampler's bound).
-        self.bound = TraceIdRatioBased.get_bound_for_rate(rate)
+        #: The bound of :func:`~litestar_omnii_obs._internal.sampling.under_ratio` for ``rate``.
+        self.bound = ratio_bound(rate)
 
     @property
     def name(self) -> str:
@@ -72,18 +67,18 @@ class Target:
 
     @property
     def takes_all(self) -> bool:
-        return self.bound > _TRACE_ID_LIMIT
+        return self.rate >= 1.0
 
     def takes(self, trace_id: int) -> bool:
-        """Whether spans of ``trace_id`` go to this target (``TraceIdRatioBased``'s test)."""
-        return trace_id & _TRACE_ID_LIMIT < self.bound
+        """Whether spans of ``trace_id`` go to this target (the one trace-id ratio rule)."""
+        return under_ratio(trace_id, self.bound)
 
     def choose(self, trace_ids: Sequence[int]) -> list[bool] | None:
         """Which of a batch's spans go here; ``None`` means all of them."""
         if self.takes_all:
             return None
         bound = self.bound
-        return [trace_id & _TRACE_ID_LIMIT < bound for trace_id in trace_ids]
+        return [under_ratio(trace_id, bound) for trace_id in trace_ids]
 
     def close(self) -> None:
         self.transport.close()
@@ -189,6 +184,10 @@ class SentryTarget(Target):
         max_backoff: float = 60.0,
     ) -> SentryTarget:
         """The target for ``dsn`` (raises ``sentry_sdk.utils.BadDsn`` for a malformed one)."""
+        from sentry_sdk.consts import VERSION as SENTRY_SDK_VERSION  # sentry-sdk only when a DSN is set
+        from sentry_sdk.consts import EndpointType
+        from sentry_sdk.utils import Dsn
+
         auth = Dsn(dsn).to_auth(f"sentry.python/{SENTRY_SDK_VERSION}")
         return cls(
             auth.get_api_url(EndpointType.OTLP_TRACES),

@@ -35,7 +35,9 @@ from litestar_omnii_obs._internal.health import (
     PROBE_INTERVAL,
     REFUSED,
     STILL_QUEUED,
+    Attempt,
     PeerHealth,
+    deliver_in_order,
     describe_failure,
     parse_retry_after,
     sentry_rate_limit,
@@ -122,7 +124,6 @@ class OtlpTransport(ABC):
         self._sending = 0  # spans in the request on the wire right now
         self._closed = False
         self._abandoned = False
-        self._kept_was_rejected = False  # the last attempt's request was refused for good (lost, not kept)
 
     @property
     def kept(self) -> int:
@@ -132,47 +133,30 @@ class OtlpTransport(ABC):
     def send(self, body: bytes, spans: int = 0) -> bool:
         """Send one request holding ``spans`` spans (after any kept ones); ``True`` if it was accepted.
 
-        While the endpoint is down or rate-limited the request is kept for later, not sent.
+        While the endpoint is down or rate-limited the request is kept for later, not sent
+        (:func:`~litestar_omnii_obs._internal.health.deliver_in_order`).
         """
         if self._closed:
             self.health.lose(spans, STILL_QUEUED)
             return False
-        if not self.health.begin():
-            self._keep(body, spans)
-            return False
-        if not self._send_kept_first(body, spans):
-            return False
-        outcome = self._attempt(body, spans)
-        if outcome is False and not self._kept_was_rejected:
-            self._keep(body, spans)
-        return bool(outcome)
+        return deliver_in_order(self.health, self, (body, spans))
 
-    def _send_kept_first(self, body: bytes, spans: int) -> bool:
-        """Send the kept requests, oldest first, so order holds; ``False`` if ``body`` must wait (kept or counted).
+    # The four methods deliver_in_order drives (only the span processor's worker thread calls them).
 
-        The first attempt of an outage is the probe: while it fails, ``body`` joins the kept ones.
-        """
-        while self._kept:
-            old_body, old_spans = self._kept[0]
-            outcome = self._attempt(old_body, old_spans, kept=True)
-            if outcome is None:
-                return False  # abandoned meanwhile: counted there
-            if not outcome and not self._kept_was_rejected:
-                self._keep(body, spans)
-                return False
-            if self._kept:  # abandon() may have emptied it meanwhile
-                self._kept.popleft()
-                self._kept_spans -= old_spans
-            if not self.health.begin():  # a rate limit on an accepted request: the rest waits
-                self._keep(body, spans)
-                return False
-        return True
+    def oldest_kept(self) -> tuple[bytes, int] | None:
+        return self._kept[0] if self._kept else None
 
-    def _attempt(self, body: bytes, spans: int, *, kept: bool = False) -> bool | None:
-        """One send, its outcome recorded; ``None`` if the transport was abandoned while it ran.
+    def forget_kept(self, item: tuple[bytes, int]) -> None:
+        if self._kept and self._kept[0] is item:  # abandon() may have emptied it meanwhile
+            self._kept.popleft()
+            self._kept_spans -= item[1]
+
+    def attempt(self, item: tuple[bytes, int], *, kept: bool) -> Attempt:
+        """One send, its outcome recorded on :attr:`health`.
 
         ``kept``: the request is the oldest kept one, still counted in :attr:`kept` while on the wire.
         """
+        body, spans = item
         self._sending = 0 if kept else spans
         try:
             outcome = self._post(body)
@@ -181,25 +165,26 @@ class OtlpTransport(ABC):
         finally:
             self._sending = 0
         if self._abandoned:
-            return None
-        self._kept_was_rejected = outcome.rejected
+            return Attempt.ABANDONED
         health = self.health
         if outcome.ok:
             health.succeeded(spans - outcome.refused, outcome.pause)
             if outcome.refused or outcome.message:
                 health.refused(outcome.refused, outcome.message)
-        elif outcome.rejected:
+            return Attempt.DELIVERED
+        if outcome.rejected:
             health.lose(spans, f"{REFUSED} ({outcome.reason})")
             health.failed(outcome.reason)
-        else:
-            health.failed(outcome.reason, retry_after=outcome.retry_after, limited=outcome.limited)
-        return outcome.ok
+            return Attempt.LOST
+        health.failed(outcome.reason, retry_after=outcome.retry_after, limited=outcome.limited)
+        return Attempt.DOWN
 
-    def _keep(self, body: bytes, spans: int) -> None:
+    def keep(self, item: tuple[bytes, int]) -> None:
+        spans = item[1]
         if self._abandoned or spans <= 0:
             self.health.lose(spans, STILL_QUEUED)
             return
-        self._kept.append((body, spans))
+        self._kept.append(item)
         self._kept_spans += spans
         while self._kept_spans > self.max_kept and self._kept:
             _, oldest = self._kept.popleft()

@@ -22,7 +22,7 @@ from litestar_omnii_obs._internal.records import (
     TimedRecord,
     WebSocketMetric,
 )
-from litestar_omnii_obs._internal.sentry import capture_error
+from litestar_omnii_obs._internal.reporting import capture_error
 
 __all__ = [
     "ApiLatencyMetric",

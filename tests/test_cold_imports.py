@@ -15,8 +15,6 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
-import pytest
-
 from tests.peers.otlp_receiver import OtlpReceiver
 
 _APP = """
@@ -84,11 +82,6 @@ def test_an_otlp_endpoint_loads_grpc_and_the_metrics_sdk() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 22, still open: scrubbing.SecretScrubber (built on sentry-sdk's EventScrubber), _compat's "
-    "SentryHttpTransport and env's DSN check import sentry-sdk at module level",
-)
 def test_without_a_dsn_sentry_sdk_is_not_imported() -> None:
     modules = _modules_after_one_request({})
     assert _loaded(modules, ("sentry_sdk",)) == []

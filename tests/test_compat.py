@@ -1,4 +1,4 @@
-"""Every private name of a dependency the package relies on (litestar_omnii_obs/_internal/_compat.py), checked.
+"""Every private name of a dependency the package relies on (_internal/_compat.py and _compat_sentry.py), checked.
 
 Each test fails loudly, naming what changed, when an upgrade of sentry-sdk or OpenTelemetry renames or
 reshapes something the package uses, so the break shows here rather than in production.
@@ -24,7 +24,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 from sentry_sdk.transport import HttpTransport
 
-from litestar_omnii_obs._internal import _compat
+from litestar_omnii_obs._internal import _compat, _compat_sentry
+from litestar_omnii_obs._internal.scrubbing import REDACTED, SENTRY_PII_KEYS
 from tests.peers.sentry_ingest import SentryIngest
 
 
@@ -44,10 +45,10 @@ def test_sentry_transport_hooks_keep_their_names_and_parameters() -> None:
         assert callable(method), f"sentry-sdk's HttpTransport no longer has {name}"
         found = [p for p in inspect.signature(method).parameters if p != "self"]
         assert found[: len(params)] == params, f"HttpTransport.{name} now takes {found}"
-    client = sentry_sdk.Client(dsn="https://k@127.0.0.1:9/1", transport=_compat.SentryHttpTransport)
+    client = sentry_sdk.Client(dsn="https://k@127.0.0.1:9/1", transport=_compat_sentry.SentryHttpTransport)
     try:
         transport = client.transport
-        assert isinstance(transport, _compat.SentryHttpTransport)
+        assert isinstance(transport, _compat_sentry.SentryHttpTransport)
         assert isinstance(transport._disabled_until, dict), "HttpTransport._disabled_until is no longer a dict"
         assert callable(getattr(transport._worker, "start", None)), "sentry-sdk's worker has no start()"
         assert callable(getattr(transport._worker, "submit", None)), "sentry-sdk's worker has no submit()"
@@ -55,7 +56,7 @@ def test_sentry_transport_hooks_keep_their_names_and_parameters() -> None:
         client.close(timeout=0)
 
 
-class _Recording(_compat.SentryHttpTransport):
+class _Recording(_compat_sentry.SentryHttpTransport):
     """Records what sentry-sdk hands the public hooks, and sends through :meth:`post`."""
 
     seen: ClassVar[dict[str, object]] = {}
@@ -131,9 +132,23 @@ def test_a_dropped_span_needs_nothing_of_non_recording_spans_init() -> None:
 
 
 def test_sentry_marks_scrubbed_values_as_the_package_does() -> None:
-    assert _compat.SENSITIVE_DATA_SUBSTITUTE == "[Filtered]"
-    value = _compat.AnnotatedValue.substituted_because_contains_sensitive_data()
+    assert _compat_sentry.SENSITIVE_DATA_SUBSTITUTE == "[Filtered]" == REDACTED
+    value = _compat_sentry.AnnotatedValue.substituted_because_contains_sensitive_data()
     assert value.value == "[Filtered]"
+
+
+def test_our_copy_of_sentry_sdk_s_pii_keys_still_matches_it() -> None:
+    """Copied so that the request path matches keys without importing sentry-sdk (issue 22)."""
+    from sentry_sdk.scrubber import DEFAULT_PII_DENYLIST
+
+    assert tuple(DEFAULT_PII_DENYLIST) == SENTRY_PII_KEYS
+
+
+def test_sentry_sdk_s_bad_dsn_is_still_a_value_error() -> None:
+    """The environment check catches ValueError only, so it need not import sentry-sdk to name BadDsn."""
+    from sentry_sdk.utils import BadDsn
+
+    assert issubclass(BadDsn, ValueError)
 
 
 class _Stuck(SpanExporter):

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from litestar_omnii_obs._internal.event_scrubbing import EventSecretScrubber
 from litestar_omnii_obs._internal.scrubbing import DEFAULT_SCRUB_KEYS, REDACTED, SecretScrubber
 
 
@@ -34,21 +35,30 @@ def test_extra_words_add_to_the_defaults_and_dashes_match_underscores() -> None:
     assert not SecretScrubber().is_secret("x_tenant_key")
 
 
-def test_pii_keys_are_secret_only_while_pii_is_off() -> None:
-    assert SecretScrubber().is_secret("ip_address")
-    assert not SecretScrubber(send_default_pii=True).is_secret("ip_address")
+@pytest.mark.parametrize("scrubber_type", [SecretScrubber, EventSecretScrubber])
+def test_pii_keys_are_secret_only_while_pii_is_off(scrubber_type: type[SecretScrubber]) -> None:
+    assert scrubber_type().is_secret("ip_address")
+    assert not scrubber_type(send_default_pii=True).is_secret("ip_address")
+
+
+def test_the_event_scrubber_still_applies_sentry_sdk_s_own_rules() -> None:
+    """Built on sentry-sdk's EventScrubber: its request-header rules run too, with our key matching."""
+    event: dict[str, Any] = {"request": {"headers": {"X-Tenant-Key": "t", "Accept": "a"}}}
+    EventSecretScrubber(("tenant-key",)).scrub_event(event)  # type: ignore[arg-type]
+    assert event["request"]["headers"]["X-Tenant-Key"].value == REDACTED
+    assert event["request"]["headers"]["Accept"] == "a"
 
 
 def test_nested_secrets_become_sentry_s_filtered_marker_and_the_rest_is_kept() -> None:
     data: dict[str, Any] = {"user": "ann", "nested": [{"api_key": "k-123456"}, ({"db_password": "pw"},)]}
-    SecretScrubber().scrub_dict(data)
+    EventSecretScrubber().scrub_dict(data)
     assert data["user"] == "ann"
     assert data["nested"][0]["api_key"].value == REDACTED  # sentry-sdk's AnnotatedValue, as its own scrubber makes
     assert data["nested"][1][0]["db_password"].value == REDACTED
 
 
 def test_the_scrubber_ignores_what_is_not_a_container() -> None:
-    scrubber = SecretScrubber()
+    scrubber = EventSecretScrubber()
     for value in (None, "password=hunter2", 3, b"token"):
         scrubber.scrub_dict(value)
         scrubber.scrub_list(value)
@@ -73,7 +83,7 @@ def test_an_event_s_request_query_and_url_lose_their_secrets() -> None:
         "tags": {"session": "s"},
         "contexts": {"app": {"secret": "x", "name": "n"}},
     }
-    SecretScrubber().scrub_event(event)  # type: ignore[arg-type]
+    EventSecretScrubber().scrub_event(event)  # type: ignore[arg-type]
     assert event["request"]["query_string"] == "q=ok&api_key=%5BFiltered%5D"
     assert event["request"]["url"] == "https://h/p?token=%5BFiltered%5D&q=ok"
     assert event["tags"]["session"].value == REDACTED
@@ -84,7 +94,7 @@ def test_an_event_s_request_query_and_url_lose_their_secrets() -> None:
 def test_an_event_without_a_request_or_with_odd_shapes_is_left_alone() -> None:
     for event in ({}, {"request": "not a dict"}, {"request": {"query_string": None, "url": 5}}):
         before = repr(event)
-        SecretScrubber().scrub_event(event)  # type: ignore[arg-type]
+        EventSecretScrubber().scrub_event(event)  # type: ignore[arg-type]
         assert repr(event) == before
 
 
@@ -103,7 +113,7 @@ def test_library_frames_lose_their_locals_and_app_frames_are_scrubbed() -> None:
             ]
         }
     }
-    SecretScrubber().scrub_frames(event)  # type: ignore[arg-type]
+    EventSecretScrubber().scrub_frames(event)  # type: ignore[arg-type]
     library, app = event["exception"]["values"][0]["stacktrace"]["frames"]
     assert "vars" not in library
     assert app["vars"]["password"].value == REDACTED

@@ -1,16 +1,12 @@
-"""Every private name of a dependency this package relies on, in one place, as named accessors.
+"""Every private name of a dependency this package relies on, as named accessors (sentry-sdk's: ``_compat_sentry``).
 
 Each item here has a test in ``tests/test_compat.py`` that fails loudly when the
 dependency changes it, so an upgrade breaks a test rather than production. Nothing here
 decides anything: the modules that use these names hold the behaviour.
 
-* ``sentry_sdk._types.AnnotatedValue`` and ``SENSITIVE_DATA_SUBSTITUTE``: how sentry-sdk's
-  own scrubber marks a redacted value, which ours must do the same way.
-* sentry-sdk's ``HttpTransport`` hooks (``_get_pool_options``, ``_send_request``,
-  ``_update_headers``, ``_request``, ``_update_rate_limits``, ``_worker``), under public
-  names in :class:`SentryHttpTransport`: the app's transport
-  (:class:`~litestar_omnii_obs._internal.sentry_transport.QuietHttpTransport`) and the
-  ``litestar obs check`` one are built on it.
+* sentry-sdk's ``AnnotatedValue``, ``SENSITIVE_DATA_SUBSTITUTE`` and ``HttpTransport`` hooks
+  live in :mod:`~litestar_omnii_obs._internal._compat_sentry`, imported only when Sentry starts
+  (issue 22: no sentry-sdk without a DSN); nothing here imports sentry-sdk at module level.
 * ``sentry_sdk.integrations.litestar``'s ``exception_handler`` and
   ``SentryLitestarASGIMiddleware``: what its LitestarIntegration injects into an app, which the
   plugin removes (:func:`sentry_litestar_hooks`).
@@ -34,15 +30,10 @@ decides anything: the modules that use these names hold the behaviour.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-from sentry_sdk._types import SENSITIVE_DATA_SUBSTITUTE, AnnotatedValue
-from sentry_sdk.transport import HttpTransport
 
 if TYPE_CHECKING:
     # For annotations only: the SDK's metrics package loads only when metrics are exported (issue 22).
-    import urllib3
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -53,17 +44,13 @@ if TYPE_CHECKING:
 
     # sentry-sdk's event and hint types, from its private _types module.
     from sentry_sdk._types import Event, Hint
-    from sentry_sdk.envelope import Envelope
 
 __all__ = [
     "SDK_EXPORT_LOGGERS",
-    "SENSITIVE_DATA_SUBSTITUTE",
     "AgnosticContextManager",
-    "AnnotatedValue",
     "Event",
     "ExportLogFilter",
     "Hint",
-    "SentryHttpTransport",
     "exporter_preferences",
     "follow_config_not_environ",
     "sentry_litestar_hooks",
@@ -109,51 +96,6 @@ def exporter_preferences(exporter: MetricExporter) -> dict[str, Any]:
         "preferred_temporality": exporter._preferred_temporality,  # pyright: ignore[reportPrivateUsage]
         "preferred_aggregation": exporter._preferred_aggregation,  # pyright: ignore[reportPrivateUsage]
     }
-
-
-class SentryHttpTransport(HttpTransport):
-    """sentry-sdk's HTTP transport with the private hooks this package uses under public names.
-
-    Only names, no behaviour: :meth:`pool_options` and :meth:`send_body` are what a subclass
-    overrides (sentry-sdk calls them through its ``_get_pool_options`` and ``_send_request``);
-    :meth:`post`, :meth:`update_rate_limits`, :meth:`start_worker` and :meth:`submit` reach
-    sentry-sdk's ``_update_headers`` + ``_request``, ``_update_rate_limits`` and ``_worker``.
-    """
-
-    def pool_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """The urllib3 pool options to use, given sentry-sdk's (unchanged here)."""
-        return options
-
-    def _get_pool_options(self) -> dict[str, Any]:
-        return self.pool_options(super()._get_pool_options())
-
-    def send_body(self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Envelope | None) -> None:
-        """Send one serialised envelope (sentry-sdk's worker thread calls this); here, as sentry-sdk does."""
-        super()._send_request(body, headers, endpoint_type, envelope)
-
-    def _send_request(
-        self, body: bytes, headers: dict[str, str], endpoint_type: Any, envelope: Envelope | None = None
-    ) -> None:
-        self.send_body(body, headers, endpoint_type, envelope)
-
-    def post(self, body: bytes, headers: dict[str, str], endpoint_type: Any) -> urllib3.BaseHTTPResponse:
-        """One POST to Sentry with sentry-sdk's auth headers added to ``headers``; the caller closes the response."""
-        self._update_headers(headers)
-        return self._request("POST", endpoint_type, body, headers)
-
-    def update_rate_limits(self, response: urllib3.BaseHTTPResponse) -> None:
-        """Let sentry-sdk read the response's rate limits (its per-category windows for what follows)."""
-        self._update_rate_limits(response)
-
-    def start_worker(self) -> None:
-        """Start sentry-sdk's sending thread now, not on the first event."""
-        start = getattr(self._worker, "start", None)
-        if callable(start):
-            start()
-
-    def submit(self, task: Callable[[], None]) -> bool:
-        """Run ``task`` on sentry-sdk's sending thread; ``False`` if its queue is full."""
-        return bool(self._worker.submit(task))
 
 
 def sentry_litestar_hooks() -> tuple[object, object] | None:

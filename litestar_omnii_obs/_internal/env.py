@@ -18,7 +18,6 @@ from typing import Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
 import msgspec
-from sentry_sdk.utils import BadDsn, Dsn
 
 from litestar_omnii_obs._internal.attributes import check_trusted_proxies
 from litestar_omnii_obs._internal.config import (
@@ -137,10 +136,12 @@ def _dsn(value: str) -> str:
     project = parts.path.rstrip("/").rsplit("/", 1)[-1]
     if parts.scheme not in ("http", "https") or not parts.hostname or not parts.username or not project.isdigit():
         raise _Invalid
+    from sentry_sdk.utils import Dsn  # here: sentry-sdk loads only when a DSN is set (issue 22)
+
     try:
         _ = parts.port
         Dsn(value)
-    except (ValueError, BadDsn):
+    except ValueError:  # sentry-sdk's BadDsn is a ValueError
         raise _Invalid from None
     return value
 
@@ -483,7 +484,7 @@ def _parse_all(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, st
         try:
             values[var.field] = var.parse(raw)
             sources[var.field] = var.name
-        except (_Invalid, ValueError, OverflowError, BadDsn):
+        except (_Invalid, ValueError, OverflowError):
             problems.append((var.name, var.shown(raw), var.allowed))
     return values, sources, problems
 

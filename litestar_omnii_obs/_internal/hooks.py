@@ -80,9 +80,9 @@ from litestar_omnii_obs._internal.exchange import (
 from litestar_omnii_obs._internal.headers import HeaderCapture
 from litestar_omnii_obs._internal.policy import UNOBSERVED, RoutePolicy, default_policy, route_policy
 from litestar_omnii_obs._internal.records import WebSocketMetric
+from litestar_omnii_obs._internal.reporting import new_request_breadcrumbs, not_sent_note, request_logger
 from litestar_omnii_obs._internal.sampling import DroppedSpan
 from litestar_omnii_obs._internal.scrubbing import SecretScrubber
-from litestar_omnii_obs._internal.sentry import new_request_breadcrumbs, not_sent_note, request_logger
 
 if TYPE_CHECKING:
     from contextvars import Token

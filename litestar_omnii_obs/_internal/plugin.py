@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 from litestar.plugins import CLIPluginProtocol, InitPlugin
 
-from litestar_omnii_obs._internal import runtime, sentry, shared, tracing
+from litestar_omnii_obs._internal import runtime, shared, tracing
 from litestar_omnii_obs._internal._bounded import run_bounded
 from litestar_omnii_obs._internal._compat import sentry_litestar_hooks
 from litestar_omnii_obs._internal.config import ObservabilityConfig
 from litestar_omnii_obs._internal.hooks import ObserverMiddleware, RequestObserver
 from litestar_omnii_obs._internal.policy import check_routes
+from litestar_omnii_obs._internal.reporting import start_sentry
 from litestar_omnii_obs._internal.sink import MetricWriter
 from litestar_omnii_obs.cli import add_obs_commands
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from litestar import Litestar
     from litestar.config.app import AppConfig
     from opentelemetry.sdk.trace import TracerProvider
+
+    from litestar_omnii_obs._internal.sentry import SentryReporter
 
 __all__ = ["ObservabilityPlugin"]
 
@@ -98,11 +101,13 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
             if capture is not None:
                 app_runtime.metric_observers.append(capture.on_metric)
                 app_runtime.request_observers.append(capture.on_metric)
-            reporter = sentry.start_sentry(config, None if capture is None else capture.sentry_transport())
+            reporter = start_sentry(config, None if capture is None else capture.sentry_transport())
             if reporter is not None:
                 app_runtime.sentry = reporter
                 stack.push_async_callback(_close_sentry, reporter)
-                app_runtime.operation_observers.append(sentry.breadcrumb)
+                from litestar_omnii_obs._internal.sentry import breadcrumb  # loaded by start_sentry already
+
+                app_runtime.operation_observers.append(breadcrumb)
             telemetry = self._start_telemetry(app_runtime, stack, reporter, capture)
             self._observer.bind(app_runtime, telemetry)
             stack.callback(self._observer.bind, None, None)
@@ -116,7 +121,7 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
     def _start_telemetry(
         app_runtime: runtime.Runtime,
         stack: AsyncExitStack,
-        reporter: sentry.SentryReporter | None,
+        reporter: SentryReporter | None,
         capture: runtime.Capture | None,
     ) -> tracing.Telemetry | None:
         """The app's providers (when tracing is on), their observers, and their shutdown on ``stack``."""
@@ -179,7 +184,7 @@ async def _drain_log_queues(timeout: float = 1.0) -> None:  # noqa: ASYNC109
         await run_bounded(drain, timeout, "log-drain")
 
 
-async def _close_sentry(reporter: sentry.SentryReporter) -> None:
+async def _close_sentry(reporter: SentryReporter) -> None:
     timeout = reporter.config.sentry.flush_timeout
     # The bound has a margin: sentry-sdk's own flush gives up after ``timeout`` first.
     if not await run_bounded(reporter.close, timeout + 1.0, "sentry-flush"):

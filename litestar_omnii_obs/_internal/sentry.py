@@ -15,7 +15,7 @@ sentry-sdk keeps one client per process. The first app that starts with a DSN
 initialises it; another app in the same process shares it (a warning names the
 settings that differ), and the client is closed when the last such app stops.
 
-Everything that leaves the process goes through :class:`SecretScrubber`, built on
+Everything that leaves the process goes through :class:`EventSecretScrubber`, built on
 sentry-sdk's :class:`~sentry_sdk.scrubber.EventScrubber`: keys *containing* a
 denylisted word are redacted, recursively, in request headers, cookies, body,
 breadcrumbs, extra, user, frame variables and spans (by ``EventScrubber``), and in
@@ -24,7 +24,7 @@ tags, contexts, the query string and the URL (added here).
 The order every error event goes through, last word ours:
 
 1. sentry-sdk's event processors (scope data, integrations, the request context added here);
-2. our scrubbing (:class:`SecretScrubber` as sentry-sdk's ``event_scrubber``);
+2. our scrubbing (:class:`EventSecretScrubber` as sentry-sdk's ``event_scrubber``);
 3. the app's own ``before_send``: ``SentryConfig.before_send``, else the one given to an earlier
    ``sentry_sdk.init`` (the plugin's own init would otherwise replace it). Returning ``None``
    drops the event: the app's choice, counted by sentry-sdk as filtered, never as lost. If the
@@ -53,10 +53,17 @@ from opentelemetry import trace
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.scope import register_external_propagation_context, remove_external_propagation_context
 
-from litestar_omnii_obs._internal import runtime
 from litestar_omnii_obs._internal.attributes import method_label
 from litestar_omnii_obs._internal.config import ObservabilityConfig, redact_url
-from litestar_omnii_obs._internal.scrubbing import DEFAULT_SCRUB_KEYS, SecretScrubber
+from litestar_omnii_obs._internal.event_scrubbing import EventSecretScrubber
+from litestar_omnii_obs._internal.reporting import (
+    capture_error,
+    request_crumbs,
+    request_logger,
+    request_scope,
+    start_sentry,
+)
+from litestar_omnii_obs._internal.scrubbing import DEFAULT_SCRUB_KEYS
 from litestar_omnii_obs._internal.sentry_transport import QuietHttpTransport
 
 if TYPE_CHECKING:
@@ -67,12 +74,16 @@ if TYPE_CHECKING:
     from litestar_omnii_obs._internal._compat import Event, Hint
     from litestar_omnii_obs._internal.config import SentryHook
 
-__all__ = ["DEFAULT_SCRUB_KEYS", "SecretScrubber", "SentryReporter", "capture_error", "start_sentry"]
+__all__ = [
+    "DEFAULT_SCRUB_KEYS",
+    "EventSecretScrubber",
+    "SentryReporter",
+    "capture_error",
+    "join_shared_client",
+    "start_sentry",
+]
 
 _logger = logging.getLogger("litestar_omnii_obs")
-#: The logger for requests that failed; sentry-sdk ignores it, since the plugin reports those errors itself.
-request_logger = logging.getLogger("litestar_omnii_obs.requests")
-
 #: Where a failing ``before_send`` of the app is logged; sentry-sdk ignores it, so the line never becomes an
 #: event that would meet the failing hook again.
 hook_logger = logging.getLogger("litestar_omnii_obs.sentry_hooks")
@@ -106,25 +117,6 @@ def _otel_propagation_context() -> tuple[str, str] | None:
     if not context.is_valid:
         return None
     return f"{context.trace_id:032x}", f"{context.span_id:016x}"
-
-
-#: The current request's ``timed_operation`` breadcrumbs (a fresh list per request while Sentry is on).
-_request_crumbs: ContextVar[list[dict[str, Any]] | None] = ContextVar("omnii_obs_breadcrumbs", default=None)
-
-
-#: The ASGI scope of the request this code runs in, while Sentry is on: ``capture_error`` reports with its context.
-_request_scope: ContextVar[Scope | None] = ContextVar("omnii_obs_request_scope", default=None)
-
-
-def new_request_breadcrumbs(scope: Scope | None = None) -> None:
-    """Give this request its own breadcrumb list, and remember it (the middleware calls this while Sentry is on).
-
-    Forking sentry-sdk's isolation scope per request would cost about 8 µs; a list costs
-    nothing, and keeps one request's operations out of another's events. The request's ASGI
-    ``scope`` is kept too, for ``capture_error`` (read only when it reports).
-    """
-    _request_crumbs.set([])
-    _request_scope.set(scope)
 
 
 class RequestDetails(TypedDict):
@@ -165,7 +157,7 @@ def breadcrumb(name: str, duration: float, exc: BaseException | None) -> None:
         "level": "error" if exc else "info",
         "data": {"operation": name, "duration_ms": round(duration, 3), "outcome": "error" if exc else "ok"},
     }
-    crumbs = _request_crumbs.get()
+    crumbs = request_crumbs.get()
     if crumbs is not None:
         crumbs.append(crumb)
     else:
@@ -173,7 +165,7 @@ def breadcrumb(name: str, duration: float, exc: BaseException | None) -> None:
 
 
 def _add_request_breadcrumbs(scope: sentry_sdk.Scope) -> None:
-    for crumb in _request_crumbs.get() or ():
+    for crumb in request_crumbs.get() or ():
         scope.add_breadcrumb(crumb)
 
 
@@ -183,7 +175,7 @@ class SentryReporter:
     def __init__(
         self,
         config: ObservabilityConfig,
-        scrubber: SecretScrubber,
+        scrubber: EventSecretScrubber,
         init_hooks: tuple[SentryHook | None, SentryHook | None] = (None, None),
     ) -> None:
         self.config = config
@@ -258,7 +250,7 @@ class SentryReporter:
         """``capture_error``: ``exc`` with the user, tags and extra given; inside a request, with its context too."""
         if not self.enabled:
             return None
-        request = _request_scope.get()
+        request = request_scope.get()
         with sentry_sdk.new_scope() as scope:
             if user_id is not None:
                 scope.set_user({"id": str(user_id)})
@@ -466,7 +458,7 @@ def _hooks_of_earlier_init() -> tuple[SentryHook | None, SentryHook | None]:
 def _init_client(config: ObservabilityConfig, transport: Transport | None) -> SentryReporter:
     """Start sentry-sdk's client with the plugin's reporter, scrubber and transport; returns the reporter."""
     options = config.sentry
-    scrubber = SecretScrubber(options.scrub_keys, options.send_default_pii)
+    scrubber = EventSecretScrubber(options.scrub_keys, options.send_default_pii)
     reporter = SentryReporter(config, scrubber, _hooks_of_earlier_init())
     _warn_replaced_init_hooks(config, reporter)
     sdk_traces = options.traces == "sdk" and config.tracing_active
@@ -495,7 +487,7 @@ def _warn_replaced_init_hooks(config: ObservabilityConfig, reporter: SentryRepor
 def _sdk_init_options(
     config: ObservabilityConfig,
     transport: Transport | None,
-    scrubber: SecretScrubber,
+    scrubber: EventSecretScrubber,
     reporter: SentryReporter,
     sdk_traces: bool,
 ) -> dict[str, Any]:
@@ -525,43 +517,6 @@ def _sdk_init_options(
     }
 
 
-def not_sent_note(
-    app_runtime: runtime.Runtime | None, exc: BaseException, status: int | None, statuses: frozenset[int] | None = None
-) -> str:
-    """The ERROR line's `` (not sent to Sentry: why)`` for a server error Sentry does not get; ``""`` otherwise.
-
-    Nothing when Sentry is off: the start-up warning said so once.
-    """
-    reporter = None if app_runtime is None else app_runtime.sentry
-    reason = None if reporter is None else reporter.skip_reason(exc, status, statuses)
-    return "" if reason is None else f" (not sent to Sentry: {reason})"
-
-
-def start_sentry(config: ObservabilityConfig, transport: Transport | None = None) -> SentryReporter | None:
-    """This app's Sentry reporter, or ``None`` (one warning naming ``SENTRY_DSN``) with no DSN.
-
-    ``transport`` replaces the HTTP transport (the pytest plugin's in-memory one); with it,
-    Sentry is on even without a DSN.
-    """
-    if not config.sentry.dsn and transport is None:
-        _logger.warning("SENTRY_DSN is not set: errors are not reported to Sentry")
-        return None
+def join_shared_client(config: ObservabilityConfig, transport: Transport | None) -> SentryReporter:
+    """Start Sentry for this app, or share the client an app with the same settings started."""
     return _shared.join(config, transport)
-
-
-def capture_error(
-    exc: BaseException,
-    *,
-    user_id: str | int | None = None,
-    tags: Mapping[str, str] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> str | None:
-    """Report ``exc`` to Sentry on an isolated scope; returns the event id (``None`` when off).
-
-    Uses the Sentry settings of the app this code runs in. The user, tags and extra apply
-    to this event only and never leak into another.
-    """
-    reporter = runtime.current().sentry
-    if reporter is None:
-        return None
-    return reporter.capture(exc, user_id=user_id, tags=tags, extra=extra)

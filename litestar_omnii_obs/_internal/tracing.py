@@ -106,8 +106,7 @@ class Telemetry:
         self.config = config
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        #: The provider is ours (built from the config); ``sampling`` is then ours too (``None``: ask the provider).
-        self.owned = sampling is not None
+        #: Our sampling rule when the provider is ours (built from the config); ``None``: an app's own provider.
         self.sampling = sampling
         self._log_filter = log_filter
         self.tracer = tracer_provider.get_tracer("litestar_omnii_obs")
@@ -187,7 +186,7 @@ class Telemetry:
         for processor in self.detachable:
             processor.active = False
         try:
-            if self.owned:
+            if self.sampling is not None:  # the provider is ours to shut down
 
                 def work() -> None:
                     self.tracer_provider.shutdown()

@@ -297,6 +297,9 @@ class EncodedBatch:
     longer than the interpreter's 5 ms switch interval, and the event loop waited that long.
     Every :data:`SPANS_PER_SLICE` spans it hands the GIL back (``time.sleep(0)``): the longest
     stretch is then 0.4-0.5 ms, for the same work in all (within the measurement's noise, 5%).
+    The hand-backs are not free: in-process at 100% tracing they cost about 1.7 µs per request of
+    whole-process CPU (A/B, slicing off: +33.2/+31.7 µs over bare, on: +34.4/+33.9), nothing
+    measurable at 10%; the price of not stalling the event loop.
     """
 
     __slots__ = ("_full", "_groups", "_headers", "_resources", "_spans", "trace_ids")

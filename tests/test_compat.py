@@ -1,4 +1,4 @@
-"""Every private name of a dependency the package relies on (_internal/_compat.py and _compat_sentry.py), checked.
+"""Every private name of a dependency the package relies on (the package _internal/_compat/), checked.
 
 Each test fails loudly, naming what changed, when an upgrade of sentry-sdk or OpenTelemetry renames or
 reshapes something the package uses, so the break shows here rather than in production.
@@ -24,7 +24,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status, StatusCode
 from sentry_sdk.transport import HttpTransport
 
-from litestar_omnii_obs._internal import _compat, _compat_sentry
+from litestar_omnii_obs._internal import _compat
+from litestar_omnii_obs._internal._compat import sentry as _compat_sentry
 from litestar_omnii_obs._internal.scrubbing import REDACTED, SENTRY_PII_KEYS
 from tests.peers.sentry_ingest import SentryIngest
 

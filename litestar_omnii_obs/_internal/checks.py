@@ -155,7 +155,7 @@ def _check_sentry(config: ObservabilityConfig, timeout: float) -> tuple[bool, st
     import sentry_sdk
     import urllib3
 
-    from litestar_omnii_obs._internal._compat_sentry import SentryHttpTransport
+    from litestar_omnii_obs._internal._compat.sentry import SentryHttpTransport
 
     outcome: dict[str, Any] = {}
     answered = threading.Event()

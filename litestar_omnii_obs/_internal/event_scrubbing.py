@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from sentry_sdk.scrubber import EventScrubber
 from sentry_sdk.utils import iter_event_frames
 
-from litestar_omnii_obs._internal._compat_sentry import AnnotatedValue
+from litestar_omnii_obs._internal._compat.sentry import AnnotatedValue
 from litestar_omnii_obs._internal.scrubbing import SecretScrubber
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import Any
 import urllib3
 from sentry_sdk.envelope import Envelope, Item
 
-from litestar_omnii_obs._internal._compat_sentry import SentryHttpTransport
+from litestar_omnii_obs._internal._compat.sentry import SentryHttpTransport
 from litestar_omnii_obs._internal.health import (
     OUTAGE_OVERFLOW,
     QUEUE_FULL,

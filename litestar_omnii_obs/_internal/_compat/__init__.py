@@ -1,11 +1,11 @@
-"""Every private name of a dependency this package relies on, as named accessors (sentry-sdk's: ``_compat_sentry``).
+"""Every private name of a dependency this package relies on, as named accessors (sentry-sdk's: ``_compat.sentry``).
 
 Each item here has a test in ``tests/test_compat.py`` that fails loudly when the
 dependency changes it, so an upgrade breaks a test rather than production. Nothing here
 decides anything: the modules that use these names hold the behaviour.
 
 * sentry-sdk's ``AnnotatedValue``, ``SENSITIVE_DATA_SUBSTITUTE`` and ``HttpTransport`` hooks
-  live in :mod:`~litestar_omnii_obs._internal._compat_sentry`, imported only when Sentry starts
+  live in :mod:`~litestar_omnii_obs._internal._compat.sentry`, imported only when Sentry starts
   (issue 22: no sentry-sdk without a DSN); nothing here imports sentry-sdk at module level.
 * ``sentry_sdk.integrations.litestar``'s ``exception_handler`` and
   ``SentryLitestarASGIMiddleware``: what its LitestarIntegration injects into an app, which the

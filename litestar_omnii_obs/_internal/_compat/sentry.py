@@ -1,6 +1,6 @@
 """sentry-sdk's private names this package relies on, loaded only when Sentry starts (issue 22).
 
-The rest of the dependencies' private names are in :mod:`~litestar_omnii_obs._internal._compat`;
+The rest of the dependencies' private names are in the package :mod:`~litestar_omnii_obs._internal._compat`;
 these are apart so that an app without a DSN never imports sentry-sdk. Each has a test in
 ``tests/test_compat.py`` that fails loudly when sentry-sdk changes it.
 

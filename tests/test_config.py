@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
-from litestar_omnii_obs import ConfigError, ObservabilityConfig, SentryConfig, TracingConfig
+from litestar_omnii_obs import ConfigError, LatencyConfig, ObservabilityConfig, SentryConfig, TracingConfig
 
 DSN = "https://abcdef0123456789@o1.ingest.example.invalid/42"
 
@@ -274,3 +275,35 @@ def test_printed_urls_hide_user_info_and_query_values(url: str, shown: str) -> N
     assert redact_url(url) == shown
     config = ObservabilityConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": url})
     assert "hunter2" not in repr(config)
+
+
+def test_line_attributes_may_not_take_the_lines_own_fields() -> None:
+    with pytest.raises(ConfigError) as in_code:
+        LatencyConfig(line_attributes=("tenant", "route", "status"))
+    [(name, value, allowed)] = in_code.value.problems
+    assert (name, value) == ("latency.line_attributes", "route,status")
+    assert "trace_id" in allowed
+    with pytest.raises(ConfigError) as from_env:
+        ObservabilityConfig.from_env({"OMNII_OBS_LINE_ATTRIBUTES": "tenant,metric"})
+    [(name, value, allowed)] = from_env.value.problems
+    assert (name, value) == ("OMNII_OBS_LINE_ATTRIBUTES", "tenant,metric")
+    assert "none of the line's own fields" in allowed
+    assert ObservabilityConfig.from_env({"OMNII_OBS_LINE_ATTRIBUTES": "tenant,user.id"}).latency.line_attributes == (
+        "tenant",
+        "user.id",
+    )
+
+
+def test_from_env_with_a_mapping_for_a_section_keeps_the_rest_of_that_section() -> None:
+    def hook(event: Any, hint: Any) -> Any:
+        return event
+
+    environ = {"SENTRY_DSN": "http://k@127.0.0.1:9/1", "OMNII_OBS_SENTRY_SEND_PII": "true"}
+    merged = ObservabilityConfig.from_env(environ, sentry={"before_send": hook})
+    assert (merged.sentry.dsn, merged.sentry.send_default_pii, merged.sentry.before_send) == (
+        "http://k@127.0.0.1:9/1",
+        True,
+        hook,
+    )
+    replaced = ObservabilityConfig.from_env(environ, sentry=SentryConfig(before_send=hook))
+    assert (replaced.sentry.dsn, replaced.sentry.before_send) == (None, hook)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar import Controller, Litestar, Router, get
+from litestar import Controller, Litestar, Router, WebSocket, get, websocket
 from litestar.params import FromPath
 from litestar.testing import TestClient
 
@@ -168,6 +168,37 @@ def test_a_mistyped_policy_fails_at_start_up_naming_the_route(sink: Path, opt: o
     assert problem in allowed
 
 
+def test_a_websocket_policy_is_checked_at_start_up_and_its_template_can_be_excluded(
+    sink: Path, obs_log: list[logging.LogRecord]
+) -> None:
+    @websocket("/ws", opt={"observability": {"trace": 2}})
+    async def mistyped(socket: WebSocket[Any, Any, Any]) -> None:
+        await socket.accept()
+
+    app = Litestar([mistyped], plugins=[ObservabilityPlugin(_config(sink))])
+    with pytest.raises(BaseException) as raised, TestClient(app):  # noqa: PT011  # a group around the ConfigError
+        pass
+    [(name, _, allowed)] = _config_error(raised.value).problems
+    assert "/ws (mistyped)" in name
+    assert "one of the keys traces" in allowed
+
+    @websocket("/ws")
+    async def echo(socket: WebSocket[Any, Any, Any]) -> None:
+        await socket.accept()
+        await socket.send_text(await socket.receive_text())
+        await socket.close()
+
+    config = _config(sink, latency={"exclude_routes": ("/ws",)})
+    with (
+        TestClient(Litestar([echo], plugins=[ObservabilityPlugin(config)])) as client,
+        client.websocket_connect("/ws") as socket,
+    ):
+        socket.send_text("hi")
+        assert socket.receive_text() == "hi"
+    assert not [r for r in obs_log if "EXCLUDE_ROUTES" in r.getMessage()]
+    assert [line for line in read_lines(sink) if line.get("route") == "/ws"] == []
+
+
 async def _item(item_id: FromPath[int]) -> int:
     return item_id
 
@@ -233,6 +264,24 @@ def test_a_sampler_that_raises_is_logged_once_and_the_configured_rule_decides(
     assert failures[0].exc_info is not None
 
 
+@pytest.mark.parametrize("verdict", [None, float("nan"), "yes"])
+def test_a_sampler_that_returns_no_rate_is_logged_once_and_the_configured_rule_decides(
+    receiver: OtlpReceiver, sink: Path, obs_log: list[logging.LogRecord], verdict: object
+) -> None:
+    def sampler(context: SamplingContext) -> Any:
+        return verdict
+
+    app = Litestar([plain], plugins=[ObservabilityPlugin(_config(sink, receiver.endpoint, traces_sampler=sampler))])
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        responses = [client.get("/plain") for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert all(r.headers.get("x-request-id") for r in responses)  # still observed
+    assert _routes(read_lines(sink)) == ["/plain"] * 3
+    assert [s.name for s in receiver.spans()] == ["GET /plain"] * 3  # environment "test": 100% by default
+    failures = [r for r in obs_log if "traces_sampler raised or returned" in r.getMessage()]
+    assert len(failures) == 1
+
+
 def test_dropped_requests_that_fail_or_are_slow_keep_their_server_span(receiver: OtlpReceiver, sink: Path) -> None:
     config = _config(
         sink, receiver.endpoint, sentry={"traces_sample_rate": 0.0}, tracing={"keep_slower_than_ms": 100.0}
@@ -256,6 +305,12 @@ def test_dropped_requests_that_fail_or_are_slow_keep_their_server_span(receiver:
     lines = {line["route"]: line for line in read_lines(sink)}
     assert lines["/boom"]["span_id"] == kept_error.span_id
     assert slowed.headers["x-request-id"] == kept_slow.trace_id
+    # The line says which trace ids have a recorded span: the kept ones do.
+    assert [(r, lines[r]["sampled"]) for r in ("/boom", "/plain", "/slow")] == [
+        ("/boom", True),
+        ("/plain", False),
+        ("/slow", True),
+    ]
 
 
 def test_keeping_can_be_turned_off(receiver: OtlpReceiver, sink: Path) -> None:

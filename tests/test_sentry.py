@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import sentry_sdk
 from litestar import Litestar, Request, get, post
@@ -445,3 +446,49 @@ def test_request_user_is_not_sent_without_pii(ingest: SentryIngest, sink: Path) 
         assert httpx.get(url + "/boom").status_code == 500
     [event] = ingest.events()
     assert "u-77" not in json.dumps(event)
+
+
+@get("/login/{name:str}")
+async def login(name: FromPath[str]) -> str:
+    sentry_sdk.set_user({"id": name})
+    sentry_sdk.set_tag("tenant", f"tenant-of-{name}")
+    return name
+
+
+@get("/fail-as/{name:str}")
+async def fail_as(name: FromPath[str]) -> None:
+    raise RuntimeError(f"failed for {name}")
+
+
+@pytest.mark.parametrize("client_kind", ["uvicorn", "test-client"])
+def test_what_one_request_sets_on_sentrys_scope_stays_out_of_another_requests_event(
+    ingest: SentryIngest, sink: Path, client_kind: str
+) -> None:
+    app = Litestar([login, fail_as], plugins=[ObservabilityPlugin(config_for(ingest.dsn, sink))])
+    if client_kind == "uvicorn":
+        with serve(app) as url, httpx.Client(base_url=url) as client:
+            assert client.get("/login/alice").status_code == 200
+            assert client.get("/fail-as/bob").status_code == 500
+    else:
+        from litestar.testing import TestClient
+
+        with TestClient(app) as client:
+            assert client.get("/login/alice").status_code == 200
+            assert client.get("/fail-as/bob").status_code == 500
+    [event] = ingest.events()
+    assert event["transaction"] == "GET /fail-as/{name}"
+    assert "user" not in event or event["user"].get("id") != "alice"
+    assert "tenant" not in event.get("tags", {})
+
+
+def test_enriched_user_keys_are_not_tags_without_pii(ingest: SentryIngest, sink: Path) -> None:
+    def enrich(request: Request[Any, Any, Any]) -> dict[str, str]:
+        return {"user.id": "u-9", "user.email": "a@b.c", "tenant": "acme"}
+
+    config = msgspec.structs.replace(config_for(ingest.dsn, sink), enrich=enrich)
+    with serve(app_with(config)) as url:
+        assert httpx.get(url + "/boom").status_code == 500
+    [event] = ingest.events()
+    assert event["tags"]["tenant"] == "acme"
+    assert not [key for key in event["tags"] if key.startswith("user.")]
+    assert "user" not in event or "id" not in event["user"]

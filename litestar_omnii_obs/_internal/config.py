@@ -359,6 +359,14 @@ class LatencyConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     Litestar itself logs exceptions only in debug mode."""
 
+    def __post_init__(self) -> None:
+        from litestar_omnii_obs._internal.records import API_LATENCY_LINE_KEYS
+
+        taken = sorted(API_LATENCY_LINE_KEYS.intersection(self.line_attributes))
+        if taken:
+            allowed = "names other than the line's own fields (" + ", ".join(sorted(API_LATENCY_LINE_KEYS)) + ")"
+            raise ConfigError([("latency.line_attributes", ",".join(taken), allowed)])
+
 
 class ObservabilityConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the plugin does, in one value. Build it in code or with :meth:`from_env`."""
@@ -426,7 +434,9 @@ class ObservabilityConfig(msgspec.Struct, frozen=True, kw_only=True):
         """Read the configuration from ``environ`` (default ``os.environ``); ``fields`` replace what it gives.
 
         With a mapping, the mapping is the whole truth: ``os.environ`` is not read. ``fields`` are
-        top-level fields, e.g. ``from_env(traces_sampler=by_route, enrich=add_tenant)``.
+        top-level fields, e.g. ``from_env(traces_sampler=by_route, enrich=add_tenant)``; a mapping for a
+        section replaces only those keys of it, e.g. ``from_env(sentry={"before_send": hook})`` keeps the
+        environment's DSN and rates (a whole ``SentryConfig`` replaces the section).
 
         Raises:
             ConfigError: listing every invalid variable, its value (secrets redacted) and what is allowed.
@@ -434,4 +444,8 @@ class ObservabilityConfig(msgspec.Struct, frozen=True, kw_only=True):
         from litestar_omnii_obs._internal.env import read_environ
 
         config = read_environ(os.environ if environ is None else environ)[0]
+        for name, value in fields.items():
+            section = getattr(config, name, None)
+            if isinstance(value, Mapping) and isinstance(section, msgspec.Struct):
+                fields[name] = msgspec.structs.replace(section, **value)
         return msgspec.structs.replace(config, **fields) if fields else config

@@ -188,6 +188,15 @@ def _names(value: str) -> tuple[str, ...]:
     return names
 
 
+def _line_attributes(value: str) -> tuple[str, ...]:
+    from litestar_omnii_obs._internal.records import API_LATENCY_LINE_KEYS
+
+    names = _names(value)
+    if API_LATENCY_LINE_KEYS.intersection(names):
+        raise _Invalid
+    return names
+
+
 def _header_patterns(value: str) -> tuple[str, ...]:
     """Comma-separated header names or regular expressions, as OpenTelemetry's instrumentations read them."""
     patterns = tuple(p.strip() for p in value.split(",") if p.strip())
@@ -292,8 +301,10 @@ VARIABLES: tuple[EnvVar, ...] = (
     EnvVar(
         "OMNII_OBS_LINE_ATTRIBUTES",
         "latency.line_attributes",
-        _names,
-        "comma-separated attribute names such as tenant,user.id",
+        _line_attributes,
+        "comma-separated attribute names such as tenant,user.id, none of the line's own fields "
+        "(metric, route, method, status, duration, error, timestamp, service, environment, trace_id, span_id, "
+        "sampled)",
     ),
     EnvVar("OMNII_OBS_UNMATCHED_ROUTE", "latency.unmatched_route", _label, _LABEL),
     EnvVar("OMNII_OBS_LOG_ERRORS", "latency.log_server_errors", _bool, _BOOL),

@@ -217,6 +217,7 @@ def keep_dropped_span(
     exchange.span = spans.start(
         span_name(exchange.method, route), dropped.trace_id, dropped.span_id, parent, attributes, start
     )
+    exchange.sampled = True  # the line says a span of this trace is recorded
 
 
 def end_websocket_span(exchange: Exchange, failed: bool) -> None:

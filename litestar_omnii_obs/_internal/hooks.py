@@ -338,6 +338,7 @@ class RequestObserver:
         if len(runtime.RUNNING) > 1:  # log_metric & co. in this request find this app (alone, it is found anyway)
             runtime.set_current(app_runtime)
         if app_runtime.sentry is not None:
+            app_runtime.sentry.isolate_request()  # what the app sets on Sentry's scope stays in this request
             new_request_breadcrumbs(scope)  # capture_error in this request reports with its context
 
     def _open(self, scope: Scope, route: RoutePolicy | None) -> Exchange | None:
@@ -482,6 +483,8 @@ class RequestObserver:
             duration = perf_counter() - exchange.start
             status = exchange.status
             error = None if status < 500 else self._server_error(exchange)
+            if self._keep and type(exchange.span) is DroppedSpan and exchange.policy.traced:
+                self._keep_if_wanted(state, exchange, duration)  # before the line, which then says "sampled"
             record = self._record
             if record is not None and exchange.policy.latency:
                 record(
@@ -506,14 +509,13 @@ class RequestObserver:
         return extra or None
 
     def _close_telemetry(self, state: dict[str, Any], exchange: Exchange, duration: float, error: str | None) -> None:
-        """The duration histogram and the server span's end (when either can exist, see :meth:`bind`)."""
+        """The duration histogram and the server span's end (when either can exist, see :meth:`bind`); a kept
+        span was started by :meth:`_close` just before."""
         status = exchange.status
         durations = self._durations
         if durations is not None and exchange.policy.metrics:
             kind = None if status < 500 else error_type(exchange.exc, status)  # qualified type name, or the status
             durations.record(duration, exchange.method, exchange.route, status, state["scheme"], kind)
-        if self._keep and type(exchange.span) is DroppedSpan and exchange.policy.traced:
-            self._keep_if_wanted(state, exchange, duration)
         end_server_span(exchange, error)
 
     def _keep_if_wanted(self, state: dict[str, Any], exchange: Exchange, duration: float) -> None:

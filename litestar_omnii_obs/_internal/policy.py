@@ -85,7 +85,8 @@ def route_policy(handler: Any, template: str, check_path: bool, config: Observab
 
 
 def check_routes(app: Litestar, config: ObservabilityConfig) -> list[str]:
-    """Parse the policy of every HTTP route handler of ``app``; returns the excluded templates no route has.
+    """Parse the policy of every route handler of ``app`` (HTTP, websocket, mounted ASGI); returns the
+    excluded templates no route has.
 
     Raises:
         ConfigError: every mistyped ``opt`` policy, each naming its route and handler.
@@ -93,7 +94,8 @@ def check_routes(app: Litestar, config: ObservabilityConfig) -> list[str]:
     problems: list[tuple[str, str, str]] = []
     templates: set[str] = set()
     for route in app.routes:
-        handlers: Iterable[Any] = getattr(route, "route_handlers", ())  # HTTP routes; websocket/ASGI have one
+        single = getattr(route, "route_handler", None)  # websocket and ASGI routes have one handler
+        handlers: Iterable[Any] = getattr(route, "route_handlers", ()) if single is None else (single,)
         for handler in handlers:
             templates.add(route.path_format)
             value = handler.opt.get(config.latency.opt_key, True)

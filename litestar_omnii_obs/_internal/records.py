@@ -87,6 +87,13 @@ class ApiLatencyMetric(MetricRecord, frozen=True, kw_only=True, tag="api_latency
     error: str | None = None
 
 
+#: Every key an ``api_latency`` line has of its own: enriched attributes may not take these names.
+API_LATENCY_LINE_KEYS = frozenset(
+    {"metric", *ApiLatencyMetric.__struct_fields__, "timestamp", "service", "environment", "trace_id", "span_id"}
+    | {"sampled"}
+)
+
+
 class GraphQueryMetric(TimedRecord, frozen=True, kw_only=True, tag="graph_query_duration"):
     """How long a graph query took, in milliseconds."""
 

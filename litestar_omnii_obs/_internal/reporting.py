@@ -45,9 +45,9 @@ request_scope: ContextVar[Scope | None] = ContextVar("omnii_obs_request_scope", 
 def new_request_breadcrumbs(scope: Scope | None = None) -> None:
     """Give this request its own breadcrumb list, and remember it (the middleware calls this while Sentry is on).
 
-    Forking sentry-sdk's isolation scope per request would cost about 8 µs; a list costs
-    nothing, and keeps one request's operations out of another's events. The request's ASGI
-    ``scope`` is kept too, for ``capture_error`` (read only when it reports).
+    The list keeps one request's operations out of another's events (sentry-sdk's isolation scope
+    is forked per request as well: :func:`~litestar_omnii_obs._internal.sentry.isolate_request`).
+    The request's ASGI ``scope`` is kept too, for ``capture_error`` (read only when it reports).
     """
     request_crumbs.set([])
     request_scope.set(scope)

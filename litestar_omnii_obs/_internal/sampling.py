@@ -15,6 +15,7 @@ is still one per trace. Every ratio is :func:`under_ratio`, the one trace-id rul
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -168,16 +169,22 @@ class ServerSampling:
         trace_id: int,
         parent: SpanContext | None,
     ) -> bool:
-        """The user's verdict: a bool, or a rate applied to the trace id; the configured rule if it raises."""
+        """The user's verdict: a bool, or a rate applied to the trace id; the configured rule if it raises
+        or returns anything else (a rate outside [0, 1] is clamped)."""
         try:
             verdict = sampler(context(parent))
+            if isinstance(verdict, bool):
+                return verdict
+            if not isinstance(verdict, int | float) or math.isnan(verdict):
+                raise TypeError(f"traces_sampler returned {verdict!r}, not a bool or a rate in [0, 1]")
         except Exception:
             if not self._sampler_failed:
                 self._sampler_failed = True
-                _logger.exception("traces_sampler raised; the configured sampler decides (further errors not logged)")
+                _logger.exception(
+                    "traces_sampler raised or returned neither a bool nor a rate; the configured sampler decides"
+                    " (further errors not logged)"
+                )
             return self.sampled(parent) if parent is not None else under_ratio(trace_id, self.bound)
-        if isinstance(verdict, bool):
-            return verdict
         return under_ratio(trace_id, ratio_bound(min(max(float(verdict), 0.0), 1.0)))
 
 

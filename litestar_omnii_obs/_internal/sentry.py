@@ -51,6 +51,7 @@ import sentry_sdk
 from litestar.enums import ScopeType
 from opentelemetry import trace
 from sentry_sdk.integrations.logging import ignore_logger
+from sentry_sdk.scope import Scope as SentryScope
 from sentry_sdk.scope import register_external_propagation_context, remove_external_propagation_context
 
 from litestar_omnii_obs._internal.attributes import method_label
@@ -169,6 +170,17 @@ def _add_request_breadcrumbs(scope: sentry_sdk.Scope) -> None:
         scope.add_breadcrumb(crumb)
 
 
+def isolate_request() -> None:
+    """Give the request this code runs in its own copy of sentry-sdk's isolation scope.
+
+    What the app sets during a request (``sentry_sdk.set_user``, ``set_tag``, breadcrumbs) then stays
+    on that request's events, as with sentry-sdk's own framework integrations. Each request runs in
+    its own task (its own copy of the context), so the copy goes away with the request. About 1.2 µs
+    (fork) plus 0.1 µs (the context variable) per request, only while Sentry is on.
+    """
+    SentryScope.set_isolation_scope(SentryScope.get_isolation_scope().fork())
+
+
 class SentryReporter:
     """One app's view of Sentry: what it reports and how, on the process's shared client."""
 
@@ -186,6 +198,8 @@ class SentryReporter:
         self.user_before_send = config.sentry.before_send or init_hooks[0]
         self.user_before_send_transaction = config.sentry.before_send_transaction or init_hooks[1]
         self._hook_failed = False
+
+    isolate_request = staticmethod(isolate_request)
 
     def before_send(self, event: Event, hint: Hint) -> Event | None:
         """sentry-sdk's ``before_send``: the app's hook, then the last scrub pass (the order: module docs)."""
@@ -291,7 +305,8 @@ class SentryReporter:
         ``status`` is ``None`` for ``capture_error`` inside a request (no response yet).
 
         ``enriched`` (``ObservabilityConfig.enrich``'s result) becomes tags, ``user.id`` the user when PII
-        is allowed; neither replaces a tag or user the app set on its scope.
+        is allowed (without PII, no ``user.*`` key leaves as a tag either); neither replaces a tag or user
+        the app set on its scope.
         """
         if not self.enabled:
             return None
@@ -315,7 +330,8 @@ class SentryReporter:
                 if enriched:
                     tags = event.setdefault("tags", {})
                     for key, value in enriched.items():
-                        tags.setdefault(key, str(value))
+                        if pii or not key.startswith("user."):
+                            tags.setdefault(key, str(value))
                 if pii and user_id is not None and not event.get("user"):
                     event["user"] = {"id": user_id}
                 return event

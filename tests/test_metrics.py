@@ -309,6 +309,25 @@ MISTAKES = """
 """
 
 
+MISTAKES_PLAIN = """
+    from litestar_omnii_obs import timed_operation
+
+
+    @timed_operation("count")
+    def count(key: str) -> int:
+        return len(key)
+
+
+    def caller() -> None:
+        text: str = count("k")
+        count(1)
+        with timed_operation("block") as op:
+            pass
+        nothing: None = op.duration
+        print(text, nothing)
+"""
+
+
 def _mypy_strict(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     module = tmp_path / "user_module.py"
     module.write_text(textwrap.dedent(source))
@@ -411,3 +430,40 @@ def test_off_sink_writes_nothing(sink: Path) -> None:
         log_metric(OperationMetric(operation="x", duration=1.0))
         flush_metrics()
     assert not sink.exists()
+
+
+def test_mypy_sees_a_plain_decorated_function_and_the_plain_block(tmp_path: Path) -> None:
+    done = _mypy_strict(tmp_path, MISTAKES_PLAIN)
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line.split(": error: ", 1)[1] for line in done.stdout.splitlines() if ": error: " in line]
+    assert errors == [
+        'Incompatible types in assignment (expression has type "int", variable has type "str")  [assignment]',
+        'Argument 1 to "count" has incompatible type "int"; expected "str"  [arg-type]',
+        'Incompatible types in assignment (expression has type "float", variable has type "None")  [assignment]',
+    ]
+
+
+def test_timed_operation_times_plain_code_too(metrics_file: Path) -> None:
+    @timed_operation("count")
+    def count(key: str) -> int:
+        if not key:
+            raise ValueError("empty")
+        return len(key)
+
+    assert count("abc") == 3  # called, not turned into a coroutine
+    with pytest.raises(ValueError, match="empty"):
+        count("")
+    with timed_operation("block") as op:
+        pass
+    assert isinstance(op.duration, float)
+    log_metric(OperationMetric(operation="whole", duration=2))
+    flush_metrics()
+    lines = [line for line in read_lines(metrics_file) if line["metric"] == "operation_duration"]
+    assert [(line["operation"], line["outcome"], line.get("error")) for line in lines] == [
+        ("count", "ok", None),
+        ("count", "error", "ValueError"),
+        ("block", "ok", None),
+        ("whole", "ok", None),
+    ]
+    raw = [line for line in metrics_file.read_bytes().splitlines() if b'"whole"' in line]
+    assert b'"duration":2.0' in raw[0]  # a float even when whole

@@ -17,7 +17,15 @@ from litestar.exceptions import WebSocketDisconnect, WebSocketException
 from litestar.params import FromPath
 from litestar.testing import TestClient
 
-from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, SentryConfig, TracingConfig
+from litestar_omnii_obs import (
+    MetricsConfig,
+    ObservabilityConfig,
+    ObservabilityPlugin,
+    SentryConfig,
+    TracingConfig,
+    WebSocketMetric,
+)
+from litestar_omnii_obs.testing import ObservabilityCapture
 from tests.conftest import read_lines
 from tests.peers.otlp_receiver import OtlpReceiver
 from tests.peers.sentry_ingest import SentryIngest
@@ -110,3 +118,29 @@ def test_a_websocket_route_opted_out_is_not_observed(sink: Path) -> None:
             assert socket.receive_text() == "ok"
         assert receiver.spans() == []
     assert [line for line in read_lines(sink) if line["metric"] == "websocket_session"] == []
+
+
+def test_a_test_sees_the_failed_connections_event_span_and_record_as_soon_as_the_socket_closes(
+    obs_capture: ObservabilityCapture,
+) -> None:
+    # Litestar closes with 4500 before the middleware's own code after the handler runs: the plugin does
+    # its close work when the close is sent, so a test reading right after the close sees all of it.
+    app = Litestar([crash, echo], plugins=[ObservabilityPlugin(ObservabilityConfig(environment="test"))])
+    with TestClient(app) as client:
+        with client.websocket_connect("/crash") as socket:
+            socket.send_text("hi")
+            with pytest.raises(WebSocketDisconnect):
+                socket.receive_text()
+        seen = (
+            len(obs_capture.sentry_events),
+            [s.name for s in obs_capture.spans],
+            obs_capture.records(WebSocketMetric),
+        )
+        with client.websocket_connect("/echo/a") as socket:
+            socket.send_text("x")
+            assert socket.receive_text() == "a:x"
+        after_echo = [r for r in obs_capture.records(WebSocketMetric) if r.route == "/echo/{room}"]
+    events, spans, records = seen
+    assert (events, spans) == (1, ["/crash"])
+    assert [(r.route, r.close_code, r.error) for r in records] == [("/crash", 4500, "RuntimeError")]
+    assert [r.close_code for r in after_echo] == [1000]

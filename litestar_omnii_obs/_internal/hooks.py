@@ -283,10 +283,20 @@ class RequestObserver:
         exchange.method = "WEBSOCKET"  # in the ERROR line and Sentry's transaction; the span says GET (handshake)
         state: dict[str, Any] = scope  # type: ignore[assignment]
         state[_KEY] = exchange
+        closed = False
+
+        def close_once() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                self._close_websocket(state, exchange)
 
         async def watch_send(message: Message) -> None:
             if message["type"] == "websocket.close":
                 exchange.status = message.get("code", 1000)
+                # Before the client sees the close (Litestar sends 4500 for a handler's exception, after
+                # after_exception remembered it): its record, error report and span are done by then.
+                close_once()
             await send(message)
 
         async def watch_receive() -> ReceiveMessage:
@@ -302,10 +312,10 @@ class RequestObserver:
             _remember(exchange, exc)
             raise
         finally:
+            close_once()  # the client went away first, or the exception leaves for an outer handler to close
             state.pop(_KEY, None)
             if token is not None:
                 otel_context.detach(token)
-            self._close_websocket(state, exchange)
 
     def _close_websocket(self, state: dict[str, Any], exchange: Exchange) -> None:
         """The connection's record, its failure (logged once, reported once) and its span's end."""

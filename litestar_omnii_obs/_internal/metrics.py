@@ -9,6 +9,7 @@ logged).
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
@@ -61,7 +62,7 @@ def flush_metrics() -> None:
 
 
 class TimedOperation(Generic[_T]):
-    """Times awaited work; use as ``async with``, as a decorator, or ``await`` it.
+    """Times work; use as ``async with`` or ``with``, as a decorator (async or plain functions), or ``await`` it.
 
     ``duration`` (milliseconds) can be read once the work has ended. A failure is recorded with
     ``outcome="error"`` and the exception's type name, then re-raised unchanged.
@@ -80,7 +81,7 @@ class TimedOperation(Generic[_T]):
 
     @property
     def duration(self) -> float:
-        """Milliseconds the work took (3 decimals), readable after it ended (after the ``async with`` block).
+        """Milliseconds the work took (3 decimals), readable after it ended (after the ``with`` block).
 
         Raises:
             RuntimeError: read before the work ended.
@@ -89,11 +90,22 @@ class TimedOperation(Generic[_T]):
         if duration is None:
             raise RuntimeError(
                 f"timed_operation({self.name!r}).duration was read before the operation ended; "
-                "read it after the `async with` block"
+                "read it after the `with` / `async with` block"
             )
         return duration
 
     async def __aenter__(self) -> TimedOperation[_T]:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __enter__(self) -> TimedOperation[_T]:
         current = self._runtime = runtime.current()
         tracer = current.tracer
         if tracer is not None:
@@ -102,7 +114,7 @@ class TimedOperation(Generic[_T]):
         self._start = time.perf_counter()
         return self
 
-    async def __aexit__(
+    def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -126,19 +138,31 @@ class TimedOperation(Generic[_T]):
         current.record(metric, None if span is None else span.get_span_context())
         current.operation_done(self.name, duration, exc)
 
-    def __call__(self, func: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
-        """Decorate an async function so that every call is timed under this name.
+    @overload
+    def __call__(self, func: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]: ...
+    @overload
+    def __call__(self, func: Callable[_P, _R]) -> Callable[_P, _R]: ...
+    def __call__(self, func: Callable[_P, Any]) -> Callable[_P, Any]:
+        """Decorate a function, async or not, so that every call is timed under this name.
 
         The decorated function keeps its parameters and return type (for type checkers too).
         """
         name = self.name
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def awaited(*args: _P.args, **kwargs: _P.kwargs) -> Any:
+                async with TimedOperation[Any](name):
+                    return await func(*args, **kwargs)
+
+            return awaited
 
         @functools.wraps(func)
-        async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            async with TimedOperation[_R](name):
-                return await func(*args, **kwargs)
+        def called(*args: _P.args, **kwargs: _P.kwargs) -> Any:
+            with TimedOperation[Any](name):
+                return func(*args, **kwargs)
 
-        return wrapper
+        return called
 
     def __await__(self) -> Any:
         return self._run().__await__()
@@ -161,12 +185,12 @@ def timed_operation(name: str, operation: Awaitable[_T]) -> Awaitable[tuple[_T, 
 def timed_operation(
     name: str, operation: Callable[[], Awaitable[_T]] | Awaitable[_T] | None = None
 ) -> TimedOperation[Any] | Awaitable[tuple[_T, float]]:
-    """Time awaited work and write an ``operation_duration`` line for it.
+    """Time work and write an ``operation_duration`` line for it.
 
     Three forms::
 
-        async with timed_operation("graph_query") as op: ...   # op.duration afterwards
-        @timed_operation("sync_calendar")                       # every call timed
+        async with timed_operation("graph_query") as op: ...   # op.duration afterwards (or plain ``with``)
+        @timed_operation("sync_calendar")                       # every call timed, async or plain function
         result, ms = await timed_operation("graph_query", run)  # like the seed's timedOperation
     """
     return TimedOperation(name, operation)

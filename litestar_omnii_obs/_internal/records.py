@@ -70,7 +70,7 @@ class TimedRecord(MetricRecord, frozen=True, kw_only=True):
     """Milliseconds (``timed_operation`` gives them), rounded to 3 decimals."""
 
     def __post_init__(self) -> None:
-        force_setattr(self, "duration", round(self.duration, 3))
+        force_setattr(self, "duration", float(round(self.duration, 3)))  # a float on the line even when whole
 
 
 class ApiLatencyMetric(MetricRecord, frozen=True, kw_only=True, tag="api_latency", omit_defaults=True):

@@ -22,7 +22,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.span import TraceState
 
-from litestar_omnii_obs._internal.otlp.encoding import EncodedBatch, encode_spans
+from litestar_omnii_obs._internal.otlp.encoding import encode_batch, encode_spans
 
 
 def finished_spans() -> tuple[ReadableSpan, ...]:
@@ -85,7 +85,7 @@ def test_empty_batch_encodes_to_an_empty_request() -> None:
 
 def test_every_subset_of_a_batch_matches_the_sdk_encoder_on_that_subset() -> None:
     spans = finished_spans()
-    batch = EncodedBatch(spans)
+    batch = encode_batch(spans)
     assert batch.trace_ids == [span.context.trace_id for span in spans]
     for keep in itertools.product((False, True), repeat=len(spans)):
         subset = [span for span, chosen in zip(spans, keep, strict=True) if chosen]
@@ -94,7 +94,7 @@ def test_every_subset_of_a_batch_matches_the_sdk_encoder_on_that_subset() -> Non
 
 def test_a_target_taking_every_span_reuses_the_whole_request() -> None:
     spans = finished_spans()
-    batch = EncodedBatch(spans)
+    batch = encode_batch(spans)
     whole = batch.request()
     assert batch.request([True] * len(batch)) is whole
     assert batch.request(None) is whole

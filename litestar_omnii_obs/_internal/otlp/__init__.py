@@ -6,10 +6,10 @@ Typical wiring (in the lifespan)::
         CollectorTarget(endpoint, protocol="grpc", headers=headers, timeout=5.0),
         SentryTarget.from_dsn(dsn, rate=0.1, timeout=5.0),
     ])
-    tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracer_provider.add_span_processor(SpanBatcher(exporter))  # encodes each span as it ends
     metric_exporter = build_metric_exporter(endpoint, protocol, headers, timeout)
 
-Each batch is encoded once; every endpoint's outage is logged once and probed every 2 s, and
+Each span is encoded once, when it ends; every endpoint's outage is logged once and probed every 2 s, and
 what it loses is counted (``exporter.dropped()``, ``exporter.report()``).
 """
 

@@ -1,5 +1,10 @@
 """The span queue between the request and the exporter: bounded, batched, every loss counted.
 
+A span is encoded when it ends, in the request's thread (about 15-20 µs, the same work the export
+thread did before), and waits as bytes: nothing the garbage collector tracks stays queued (see
+:data:`~litestar_omnii_obs._internal.otlp.encoding.EncodedSpan`), and the export thread only
+assembles and sends.
+
 Why not the SDK's ``BatchSpanProcessor``: it reports a full queue only as a log line (which
 its own logging may suppress) and says nothing of what is still queued when shutdown gives
 up, so the shutdown report could not say how many spans were lost. :class:`SpanBatcher`
@@ -17,11 +22,12 @@ from typing import TYPE_CHECKING
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from litestar_omnii_obs._internal.health import QUEUE_FULL, STILL_QUEUED
+from litestar_omnii_obs._internal.health import ENCODING, QUEUE_FULL, STILL_QUEUED
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
+    from litestar_omnii_obs._internal.otlp.encoding import EncodedSpan
     from litestar_omnii_obs._internal.otlp.exporter import FanOutSpanExporter
 
 __all__ = ["SpanBatcher"]
@@ -47,7 +53,7 @@ class SpanBatcher(SpanProcessor):
         self.max_queue = max_queue
         self.schedule_delay = schedule_delay
         self.max_batch = max(1, min(max_batch, max_queue))
-        self._queue: deque[ReadableSpan] = deque()
+        self._queue: deque[EncodedSpan] = deque()
         self._wake = threading.Event()
         self._stopping = False
         self._abandoned = False
@@ -65,9 +71,14 @@ class SpanBatcher(SpanProcessor):
             return
         queue = self._queue
         if len(queue) >= self.max_queue or self._stopping:
-            self.exporter.lose([span], QUEUE_FULL if not self._stopping else STILL_QUEUED)
+            self.exporter.lose([context.trace_id], QUEUE_FULL if not self._stopping else STILL_QUEUED)
             return
-        queue.append(span)
+        try:
+            encoded = self.exporter.encode(span)
+        except Exception:  # a span the encoder cannot write costs only itself
+            self.exporter.lose([context.trace_id], ENCODING)
+            return
+        queue.append(encoded)
         if len(queue) >= self.max_batch:
             self._wake.set()
 
@@ -115,7 +126,7 @@ class SpanBatcher(SpanProcessor):
         with self.exporter.lock:
             left = list(self._queue)
             self._queue.clear()
-        self.exporter.lose(left, STILL_QUEUED)
+        self.exporter.lose([trace_id for trace_id, _, _ in left], STILL_QUEUED)
         self.exporter.abandon()
         self._wake.set()
 

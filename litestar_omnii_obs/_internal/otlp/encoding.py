@@ -7,16 +7,17 @@ bytes (about a fifth of the cost). The test suite checks the result equals the S
 encoder's, field for field, over spans with every attribute type, events, links, status
 and remote parents, for whole batches and for subsets.
 
-A batch can go to several targets (the collector gets every span, Sentry the traces under
-its rate). :class:`EncodedBatch` encodes each span once; a request for a subset is the
-concatenation of the same per-span bytes under their resource and scope headers, and a
-target that takes every span gets the whole request's bytes, built once.
+Each span is encoded once, when it ends (:meth:`SpanGroups.encode`), and waits for export as
+bytes. A batch can go to several targets (the collector gets every span, Sentry the traces
+under its rate): a request for a subset is the concatenation of the same per-span bytes under
+their resource and scope headers (:class:`EncodedBatch`), and a target that takes every span
+gets the whole request's bytes, built once.
 """
 
 from __future__ import annotations
 
 import struct
-import time
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import Link, SpanContext, Status, TraceState
 
-__all__ = ["EncodedBatch", "encode_spans"]
+__all__ = ["EncodedBatch", "EncodedSpan", "SpanGroups", "encode_batch", "encode_spans"]
 
 _pack_double = struct.Struct("<d").pack
 _pack_fixed64 = struct.Struct("<Q").pack
@@ -64,8 +65,6 @@ _LEN_TAGS = tuple(_varint_slow(n << 3 | 2) for n in range(20))
 _ATTRIBUTE_CACHE: dict[tuple[int, str, type, Any], bytes] = {}
 _ATTRIBUTE_CACHE_MAX = 4096
 _NAMES: dict[str, bytes] = {}  # span names repeat (one per route): their field bytes, up to the same bound
-#: Spans encoded between two hand-backs of the GIL (see :class:`EncodedBatch`): about 0.2-0.4 ms of work.
-SPANS_PER_SLICE = 32
 _SERVER_KIND = b"\x30\x02"  # kind (field 6) = SPAN_KIND_SERVER
 _UNSET_STATUS = b"\x7a\x00"  # status (field 15), empty: code UNSET, no message
 
@@ -277,70 +276,92 @@ def _scope_parts(scope: InstrumentationScope | None) -> tuple[bytes, bytes]:
 
 
 def _resource_index(resources: list[Resource], resource: Resource) -> int:
-    """``resource``'s index in ``resources``, appended if no equal one is there (once per resource object)."""
+    """``resource``'s index in ``resources``, appended if no equal one is there."""
     index = next((i for i, known in enumerate(resources) if known == resource), len(resources))
     if index == len(resources):
         resources.append(resource)
     return index
 
 
+#: One span, encoded when it ended: (trace id, its resource-and-scope group in :class:`SpanGroups`, its
+#: ``Span`` field bytes). Only an int, an int and bytes: the garbage collector stops tracking such a tuple
+#: at its first collection, so spans waiting for export never reach the oldest generation. Spans queued as
+#: objects did (they wait up to a batch, longer than two young collections), and each full collection that
+#: followed paused the event loop for 20-50 ms (uvicorn at 4,100 requests/s, 100% traced, ``gc.callbacks``).
+EncodedSpan = tuple[int, int, bytes]
+
+#: Resource and scope objects remembered by identity, at most (an app that makes a tracer per request makes
+#: a scope object per request: beyond the bound they are found by equality, not kept alive).
+_BY_ID_MAX = 256
+
+
+class SpanGroups:
+    """The resources and instrumentation scopes of one exporter's spans, each numbered and encoded once.
+
+    A span is encoded when it ends (:meth:`encode`, in the request's thread); the batch it goes out in
+    is assembled later from the bytes (:class:`EncodedBatch`), under the headers kept here.
+    """
+
+    __slots__ = ("_by_id", "_lock", "_resource_objects", "_scope_groups", "headers", "resources")
+
+    def __init__(self) -> None:
+        # (id(resource), id(scope)) -> group, with the two objects kept alive so an id is never reused.
+        self._by_id: dict[tuple[int, int], tuple[int, object, object]] = {}
+        self._resource_objects: list[Resource] = []
+        self._scope_groups: dict[tuple[int, InstrumentationScope | None], int] = {}
+        self._lock = threading.Lock()
+        #: group -> (resource index, the ``ScopeSpans`` bytes before its spans, after them)
+        self.headers: list[tuple[int, bytes, bytes]] = []
+        #: resource index -> (its ``resource`` field bytes, its schema URL)
+        self.resources: list[tuple[bytes, str]] = []
+
+    def encode(self, span: ReadableSpan) -> EncodedSpan:
+        """``span`` as an :data:`EncodedSpan`."""
+        context = span.get_span_context()
+        assert context is not None
+        resource, scope = span.resource, span.instrumentation_scope or None
+        known = self._by_id.get((id(resource), id(scope)))
+        group = self._group(resource, scope) if known is None else known[0]
+        return context.trace_id, group, _field(2, _span(span))
+
+    def _group(self, resource: Resource, scope: InstrumentationScope | None) -> int:
+        # Resource.__hash__ serialises its attributes to JSON and InstrumentationScope's is Python: found by
+        # equality once per object, then by identity.
+        with self._lock:
+            index = _resource_index(self._resource_objects, resource)
+            if index == len(self.resources):
+                self.resources.append((_field(1, _attributes(1, resource.attributes)), resource.schema_url))
+            group = self._scope_groups.get((index, scope))
+            if group is None:
+                group = self._scope_groups[index, scope] = len(self.headers)
+                self.headers.append((index, *_scope_parts(scope)))
+            if len(self._by_id) < _BY_ID_MAX:
+                self._by_id[id(resource), id(scope)] = (group, resource, scope)
+            return group
+
+
 class EncodedBatch:
-    """One batch of spans, each encoded once, from which any subset's request is assembled.
+    """One batch of encoded spans, from which any subset's request is assembled.
 
     Why: the same batch goes to the collector (every span) and to Sentry (the traces under
-    its rate); encoding a span costs far more than copying its bytes, so it is done once.
-    The bytes of a request for a subset equal what encoding only that subset would give
-    (resources and scopes in the order they first appear among the chosen spans).
+    its rate); encoding a span costs far more than copying its bytes, so it is done once, when
+    the span ends. The bytes of a request for a subset equal what encoding only that subset would
+    give (resources and scopes in the order they first appear among the chosen spans).
 
-    Encoding runs in the exporter's thread and holds the GIL while it works. In one piece, a
-    512-span batch held it for up to 5.4 ms (100% tracing at 5,000 requests/s, in-process),
-    longer than the interpreter's 5 ms switch interval, and the event loop waited that long.
-    Every :data:`SPANS_PER_SLICE` spans it hands the GIL back (``time.sleep(0)``): the longest
-    stretch is then 0.4-0.5 ms, for the same work in all (within the measurement's noise, 5%).
-    The hand-backs are not free: in-process at 100% tracing they cost about 1.7 µs per request of
-    whole-process CPU (A/B, slicing off: +33.2/+31.7 µs over bare, on: +34.4/+33.9), nothing
-    measurable at 10%; the price of not stalling the event loop.
+    Assembling is joins of bytes: the export thread holds the GIL for well under a millisecond per
+    512-span batch, where encoding there held it for up to 5.4 ms.
     """
 
     __slots__ = ("_full", "_groups", "_headers", "_resources", "_spans", "trace_ids")
 
-    def __init__(self, spans: Sequence[ReadableSpan]) -> None:
-        # Resource.__hash__ serialises its attributes to JSON: key by identity, compare once per object.
-        by_id: dict[int, int] = {}
-        resources: list[Resource] = []
-        scopes: dict[tuple[int, InstrumentationScope | None], int] = {}
-        scopes_by_id: dict[tuple[int, int], int] = {}  # InstrumentationScope.__hash__ is Python: once per object
-        headers: list[tuple[int, bytes, bytes]] = []  # group -> (resource index, scope head, scope tail)
-        groups: list[int] = []
-        encoded: list[bytes] = []
-        trace_ids: list[int] = []
-        for position, span in enumerate(spans):
-            if position and not position % SPANS_PER_SLICE:
-                time.sleep(0)  # hand the GIL back: see the class docstring
-            resource = span.resource
-            index = by_id.get(id(resource))
-            if index is None:
-                index = by_id[id(resource)] = _resource_index(resources, resource)
-            scope = span.instrumentation_scope or None
-            group = scopes_by_id.get((index, id(scope)))
-            if group is None:
-                group = scopes.get((index, scope))
-                if group is None:
-                    group = scopes[index, scope] = len(headers)
-                    headers.append((index, *_scope_parts(scope)))
-                scopes_by_id[index, id(scope)] = group
-            groups.append(group)
-            context = span.get_span_context()
-            assert context is not None
-            trace_ids.append(context.trace_id)
-            encoded.append(_field(2, _span(span)))
-        self._resources = [(_field(1, _attributes(1, r.attributes)), r.schema_url) for r in resources]
-        self._headers = headers
-        self._groups = groups
-        self._spans = encoded
+    def __init__(self, spans: Sequence[EncodedSpan], groups: SpanGroups) -> None:
+        self._headers = groups.headers
+        self._resources = groups.resources
+        self._groups = [group for _, group, _ in spans]
+        self._spans = [encoded for _, _, encoded in spans]
         self._full: bytes | None = None
         #: Each span's trace id, in batch order (what targets choose spans by).
-        self.trace_ids = trace_ids
+        self.trace_ids = [trace_id for trace_id, _, _ in spans]
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -375,6 +396,12 @@ class EncodedBatch:
         return b"".join(request)
 
 
+def encode_batch(spans: Sequence[ReadableSpan]) -> EncodedBatch:
+    """``spans`` encoded now, as one batch."""
+    groups = SpanGroups()
+    return EncodedBatch([groups.encode(span) for span in spans], groups)
+
+
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """``ExportTraceServiceRequest`` wire bytes for ``spans``, grouped by resource and scope."""
-    return EncodedBatch(spans).request()
+    return encode_batch(spans).request()

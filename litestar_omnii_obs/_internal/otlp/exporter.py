@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from litestar_omnii_obs._internal.health import ENCODING, STILL_QUEUED
-from litestar_omnii_obs._internal.otlp.encoding import EncodedBatch
+from litestar_omnii_obs._internal.otlp.encoding import EncodedBatch, EncodedSpan, SpanGroups
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -23,9 +23,10 @@ class FanOutSpanExporter(SpanExporter):
     """Sends each batch to every target (a collector, Sentry), encoding each span once.
 
     Why one exporter rather than one per target: a second span processor would queue,
-    wake and encode every span again. Here a batch is encoded once (:class:`EncodedBatch`);
-    a target taking every span gets the whole request's bytes, Sentry the same span bytes
-    under its rate. A target that is down keeps its requests and is probed (see
+    wake and encode every span again. Here each span is encoded once, when it ends
+    (:meth:`encode`), and a batch is assembled from the bytes (:class:`EncodedBatch`); a target
+    taking every span gets the whole request's bytes, Sentry the same span bytes under its rate.
+    A target that is down keeps its requests and is probed (see
     :class:`~litestar_omnii_obs._internal.health.PeerHealth`) without holding up the others.
 
     The export result is the first target's (the collector's): a failing Sentry must not make
@@ -41,18 +42,28 @@ class FanOutSpanExporter(SpanExporter):
         self.lock = threading.Lock()
         #: The batch being exported: spans each target has not been handed yet (for :meth:`abandon`).
         self._unsent: dict[int, int] = {}
+        self._groups = SpanGroups()
+
+    def encode(self, span: ReadableSpan) -> EncodedSpan:
+        """``span``'s bytes for a later batch (raises if the span cannot be encoded)."""
+        return self._groups.encode(span)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            encoded = [self.encode(span) for span in spans]
+        except Exception:  # a span the encoder cannot write: lose the batch
+            self.lose([span.context.trace_id for span in spans if span.context is not None], ENCODING)
+            return SpanExportResult.FAILURE
         with self.lock:
-            claim = self.claim(spans)
-        return self.send_claimed(spans, claim)
+            claim = self.claim(encoded)
+        return self.send_claimed(encoded, claim)
 
-    def claim(self, spans: Sequence[ReadableSpan]) -> list[list[bool] | None]:
+    def claim(self, spans: Sequence[EncodedSpan]) -> list[list[bool] | None]:
         """Note which spans of ``spans`` each target is owed, so :meth:`abandon` can count them.
 
         The caller holds :attr:`lock` (the batcher takes spans off its queue and claims them in one step).
         """
-        trace_ids = [span.context.trace_id if span.context is not None else 0 for span in spans]
+        trace_ids = [trace_id for trace_id, _, _ in spans]
         choices = [target.choose(trace_ids) for target in self.targets]
         self._unsent = {
             index: count
@@ -61,18 +72,14 @@ class FanOutSpanExporter(SpanExporter):
         }
         return choices
 
-    def send_claimed(self, spans: Sequence[ReadableSpan], choices: list[list[bool] | None]) -> SpanExportResult:
-        """Encode ``spans`` once and send each target its share (claimed by :meth:`claim`)."""
+    def send_claimed(self, spans: Sequence[EncodedSpan], choices: list[list[bool] | None]) -> SpanExportResult:
+        """Send each target its share of ``spans`` (claimed by :meth:`claim`)."""
         if self._shutdown.is_set():
             self._lose_unsent(STILL_QUEUED)
             return SpanExportResult.FAILURE
         if not spans or not self.targets:
             return SpanExportResult.SUCCESS
-        try:
-            batch = EncodedBatch(spans)
-        except Exception:  # a span the encoder cannot write: lose the batch, not the worker
-            self._lose_unsent(ENCODING)
-            return SpanExportResult.FAILURE
+        batch = EncodedBatch(spans, self._groups)
         results = []
         for index, target in enumerate(self.targets):
             with self.lock:
@@ -89,9 +96,8 @@ class FanOutSpanExporter(SpanExporter):
         for index, count in unsent.items():
             self.targets[index].health.lose(count, reason)
 
-    def lose(self, spans: Sequence[ReadableSpan], reason: str) -> None:
-        """Count ``spans`` as lost for ``reason`` by each target that would have taken them."""
-        trace_ids = [span.context.trace_id for span in spans if span.context is not None]
+    def lose(self, trace_ids: Sequence[int], reason: str) -> None:
+        """Count the spans of ``trace_ids`` as lost for ``reason`` by each target that would have taken them."""
         for target in self.targets:
             keep = target.choose(trace_ids)
             target.health.lose(len(trace_ids) if keep is None else sum(keep), reason)

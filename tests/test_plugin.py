@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -175,3 +177,29 @@ async def test_latency_can_be_turned_off(sink: Path) -> None:
     async with AsyncTestClient(app=app) as client:
         assert (await client.get("/ping")).text == "pong"
     assert read_lines(sink) == []
+
+
+@pytest.mark.parametrize(("variable", "frozen"), [(None, True), ("false", False)])
+def test_the_first_start_up_freezes_what_exists_out_of_the_collectors_reach(variable: str | None, frozen: bool) -> None:
+    # In a fresh process: the freeze is once per process, and the test process's own collector is left alone.
+    script = (
+        "import gc\n"
+        "from litestar import Litestar, get\n"
+        "from litestar.testing import TestClient\n"
+        "from litestar_omnii_obs import ObservabilityPlugin\n"
+        "@get('/')\n"
+        "async def index() -> str:\n"
+        "    return 'ok'\n"
+        "before = gc.get_freeze_count()\n"
+        "with TestClient(Litestar([index], plugins=[ObservabilityPlugin()])) as client:\n"
+        "    assert client.get('/').text == 'ok'\n"
+        "print(before, gc.get_freeze_count())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMNII_OBS_", "OTEL_", "SENTRY_"))}
+    if variable is not None:
+        env["OMNII_OBS_FREEZE_GC"] = variable
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    before, after = map(int, done.stdout.split()[-2:])
+    assert before == 0
+    assert (after > 10_000) is frozen  # the modules and the app, not a handful of objects

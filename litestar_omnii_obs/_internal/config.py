@@ -391,6 +391,15 @@ class ObservabilityConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Decides each request's trace from its route (a :class:`~litestar_omnii_obs.SamplingContext`):
     returns a rate in [0, 1] (applied to the trace id) or a bool. Routes whose ``opt`` sets ``traces``
     are not asked. ``None``: the configured sampler (``OTEL_TRACES_SAMPLER``)."""
+    freeze_gc: bool = True
+    """At the end of the first app start-up in the process, move every object that exists then (modules,
+    the app) out of the garbage collector's reach with ``gc.freeze()`` (``OMNII_OBS_FREEZE_GC``).
+
+    Why: a full collection walks every tracked object; with sentry-sdk, gRPC and OpenTelemetry loaded a
+    worker has several hundred thousand, so each full collection paused the event loop 20-50 ms (uvicorn,
+    ``gc.callbacks``), and the first came a few seconds into traffic. Frozen, a full collection walks only
+    what was made since: about 1 ms. What was garbage at start-up and only collectable by the collector
+    (reference cycles) stays in memory. Once per process; ``False`` leaves the collector alone."""
     enrich: Enricher | None = None
     """Called once per request after guards and authentication, with the request; what it returns goes
     on the server span, the Sentry event (tags; ``user.id`` as the user when PII is allowed) and, for

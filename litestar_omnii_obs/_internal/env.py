@@ -284,6 +284,7 @@ VARIABLES: tuple[EnvVar, ...] = (
     EnvVar("APP_ENV", "environment", _label, _LABEL),
     EnvVar("APP_VERSION", "version", _label, _LABEL),
     EnvVar("OTEL_SERVICE_NAME", "service_name", _label, _LABEL),
+    EnvVar("OMNII_OBS_FREEZE_GC", "freeze_gc", _bool, _BOOL),
     EnvVar("OMNII_OBS_LATENCY", "latency.enabled", _bool, _BOOL),
     EnvVar(
         "OMNII_OBS_EXCLUDE_PATHS",

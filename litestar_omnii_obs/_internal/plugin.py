@@ -115,6 +115,8 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
             stack.callback(runtime.leave, app_runtime)
             self._runtime = app_runtime
             stack.callback(setattr, self, "_runtime", None)
+            if config.freeze_gc:
+                runtime.freeze_gc_once()  # last: everything the start-up made is frozen with the rest
             yield
 
     @staticmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -57,6 +58,17 @@ class Capture(Protocol):
     def span_exporter(self) -> SpanExporter: ...
 
     def sentry_transport(self) -> Transport: ...
+
+
+_gc_frozen = False  # process-wide, as the garbage collector is
+
+
+def freeze_gc_once() -> None:
+    """``gc.freeze()`` at the end of the process's first app start-up (see ``ObservabilityConfig.freeze_gc``)."""
+    global _gc_frozen
+    if not _gc_frozen:
+        _gc_frozen = True
+        gc.freeze()
 
 
 class Runtime:

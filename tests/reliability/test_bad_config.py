@@ -64,6 +64,7 @@ BOOLS = (
     "OMNII_OBS_TRACES_CONSOLE",
     "OMNII_OBS_USE_APP_PROVIDER",
     "OMNII_OBS_LOG_ERRORS",
+    "OMNII_OBS_FREEZE_GC",
     "OTEL_SDK_DISABLED",
 )
 FLOATS = (
@@ -137,7 +138,7 @@ BAD_BY_KIND: dict[tuple[str, ...], tuple[str, ...]] = {
     ("OTEL_TRACES_SAMPLER",): ("sometimes", "always-on", "always_on ", "parentbased_jaeger_remote", "0"),
     ("OMNII_OBS_EXCLUDE_PATHS",): ("health", "/a*b", "*", "/ok,relative", "/a,**"),
     ("OMNII_OBS_EXCLUDE_ROUTES",): ("health", "/a*", "*", "/ok,relative", "/users/*"),
-    ("OMNII_OBS_LINE_ATTRIBUTES",): ("Not An Attr", "1abc", "a..b", "tenant;plan", "-"),
+    ("OMNII_OBS_LINE_ATTRIBUTES",): ("Not An Attr", "1abc", "a..b", "tenant;plan", "-", "route", "tenant,trace_id"),
     ("OMNII_OBS_KEEP_STATUSES",): ("700", "5xx", "nonee", "500-", "-", "599-500", HUGE),
     ("OMNII_OBS_FORWARDED_ALLOW_IPS",): ("not-an-ip", "10.0.0.0/33", "1.2.3", "::g", "10.0.0.1,,x", "**"),
     (

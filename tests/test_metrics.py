@@ -340,13 +340,15 @@ def test_a_users_code_type_checks_with_mypy_strict(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_mypy_sees_the_decorated_signature_and_the_duration_type(tmp_path: Path) -> None:
-    done = _mypy_strict(tmp_path, MISTAKES)
+@pytest.mark.parametrize(("source", "function"), [(MISTAKES, "lookup"), (MISTAKES_PLAIN, "count")])
+def test_mypy_sees_the_decorated_signature_and_the_duration_type(tmp_path: Path, source: str, function: str) -> None:
+    # An async function and `async with`, then a plain function and a plain `with`: the same three mistakes.
+    done = _mypy_strict(tmp_path, source)
     assert done.returncode == 1, done.stdout + done.stderr
     errors = [line.split(": error: ", 1)[1] for line in done.stdout.splitlines() if ": error: " in line]
     assert errors == [
         'Incompatible types in assignment (expression has type "int", variable has type "str")  [assignment]',
-        'Argument 1 to "lookup" has incompatible type "int"; expected "str"  [arg-type]',
+        f'Argument 1 to "{function}" has incompatible type "int"; expected "str"  [arg-type]',
         'Incompatible types in assignment (expression has type "float", variable has type "None")  [assignment]',
     ]
 
@@ -430,17 +432,6 @@ def test_off_sink_writes_nothing(sink: Path) -> None:
         log_metric(OperationMetric(operation="x", duration=1.0))
         flush_metrics()
     assert not sink.exists()
-
-
-def test_mypy_sees_a_plain_decorated_function_and_the_plain_block(tmp_path: Path) -> None:
-    done = _mypy_strict(tmp_path, MISTAKES_PLAIN)
-    assert done.returncode == 1, done.stdout + done.stderr
-    errors = [line.split(": error: ", 1)[1] for line in done.stdout.splitlines() if ": error: " in line]
-    assert errors == [
-        'Incompatible types in assignment (expression has type "int", variable has type "str")  [assignment]',
-        'Argument 1 to "count" has incompatible type "int"; expected "str"  [arg-type]',
-        'Incompatible types in assignment (expression has type "float", variable has type "None")  [assignment]',
-    ]
 
 
 def test_timed_operation_times_plain_code_too(metrics_file: Path) -> None:

@@ -175,6 +175,37 @@ def test_grpc_metric_exporter_still_logs_failures_with_the_text_we_match() -> No
     assert "Failed to export" in source
 
 
+@pytest.mark.parametrize(
+    ("message", "args", "reason"),
+    [
+        (  # opentelemetry.exporter.otlp.proto.grpc.exporter, a traces-only backend
+            "Failed to export %s to %s, error code: %s, error details: %s",
+            ("metrics", "127.0.0.1:4317", "StatusCode.UNIMPLEMENTED", "Method not found!"),
+            "UNIMPLEMENTED",
+        ),
+        (  # opentelemetry.exporter.otlp.common.http, through the HTTP metric exporter's logger
+            "Failed to export %s batch code: %s, reason: %s",
+            ("metrics", 405, "Method Not Allowed"),
+            "HTTP 405",
+        ),
+    ],
+)
+def test_the_reason_of_a_swallowed_export_failure_is_kept_for_the_outage_warning(
+    message: str, args: tuple[object, ...], reason: str
+) -> None:
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, message, args, None)
+    assert _compat.ExportLogFilter().filter(record) is False
+    assert _compat.take_export_failure() == reason
+    assert _compat.take_export_failure() is None  # taken once
+
+
+def test_the_sdk_exporters_still_log_the_failure_formats_we_read() -> None:
+    common_http = pytest.importorskip("opentelemetry.exporter.otlp.common.http")  # where the HTTP exporters log
+
+    assert "error code: %s" in inspect.getsource(grpc_exporter_module)
+    assert "batch code: %s" in inspect.getsource(common_http)
+
+
 def test_providers_keep_the_disabled_flag_the_config_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     provider = TracerProvider()

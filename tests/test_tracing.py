@@ -209,6 +209,39 @@ def test_dead_collector_never_breaks_requests_and_is_logged_once(sink: Path, obs
     assert len(read_lines(sink)) == 100
 
 
+def test_a_traces_only_backend_gets_every_span_and_the_metrics_warning_says_why_and_how_to_stop(
+    sink: Path, obs_log: list[logging.LogRecord]
+) -> None:
+    # Jaeger, Tempo or Phoenix over gRPC: no metrics service, so a metric export is answered UNIMPLEMENTED.
+    with OtlpReceiver(metrics=False) as traces_only:
+        app = app_with(config_for(traces_only.endpoint, sink))
+        with serve(app) as url, httpx.Client(base_url=url) as client:
+            statuses = [client.get(f"/users/{i}").status_code for i in range(5)]
+        spans = traces_only.spans()
+    assert statuses == [200] * 5
+    assert [s.name for s in spans] == ["GET /users/{user_id}"] * 5
+    [failing] = [
+        r.getMessage() for r in obs_log if "metric export" in r.getMessage() and "is failing" in r.getMessage()
+    ]
+    assert "(UNIMPLEMENTED)" in failing
+    assert "set OTEL_METRICS_EXPORTER=none" in failing
+    assert not [r for r in obs_log if "trace export" in r.getMessage() and "is failing" in r.getMessage()]
+
+
+def test_with_metrics_turned_off_a_traces_only_backend_gets_no_metric_export(
+    sink: Path, obs_log: list[logging.LogRecord]
+) -> None:
+    with OtlpReceiver(metrics=False) as traces_only:
+        config = ObservabilityConfig.from_env(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": traces_only.endpoint, "OTEL_METRICS_EXPORTER": "none", "APP_ENV": "test"},
+            metrics=MetricsConfig(sink=str(sink), flush_interval=0.01),
+        )
+        with serve(app_with(config)) as url, httpx.Client(base_url=url) as client:
+            assert client.get("/users/1").status_code == 200
+        assert [s.name for s in traces_only.spans()] == ["GET /users/{user_id}"]
+    assert not [r for r in obs_log if "is failing" in r.getMessage() or "lost" in r.getMessage()]
+
+
 # A collector stopped and restarted: a slow real-server test, run by `make test`, not `make test-fast`.
 @pytest.mark.reliability
 def test_export_resumes_when_the_collector_comes_back(sink: Path, obs_log: list[logging.LogRecord]) -> None:

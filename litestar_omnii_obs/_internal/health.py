@@ -150,6 +150,9 @@ class PeerHealth:
         self.target = target
         self.kind = kind
         self.unit = unit
+        #: How to stop sending to this peer, for the outage warning (e.g. ``OTEL_METRICS_EXPORTER=none``):
+        #: a backend that takes no such data answers every send with a failure.
+        self.off_hint = ""
         self.probe_interval = probe_interval
         self.max_backoff = max_backoff
         self._clock = clock
@@ -292,12 +295,13 @@ class PeerHealth:
         if first:
             _logger.warning(
                 "%s to %s is failing (%s); %ss are kept (bounded) and it is tried again every %gs "
-                "or when the server allows (logged once per outage)",
+                "or when the server allows (logged once per outage)%s",
                 self.kind,
                 self.target,
                 reason,
                 self.unit,
                 self.probe_interval,
+                f". If the endpoint does not take them, set {self.off_hint}" if self.off_hint else "",
             )
 
     # ------------------------------------------------------------------ report

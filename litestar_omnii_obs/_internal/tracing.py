@@ -404,11 +404,9 @@ def _metrics(
 
     durations = RequestDurations()
     durations.start_folding()
-    metric_exporter = DurationsExporter(
-        metric_exporter_from_config(config),
-        durations,
-        PeerHealth(redact_url(metrics_endpoint) or metrics_endpoint, kind="OTLP metric export", unit="export"),
-    )
+    health = PeerHealth(redact_url(metrics_endpoint) or metrics_endpoint, kind="OTLP metric export", unit="export")
+    health.off_hint = "OTEL_METRICS_EXPORTER=none"
+    metric_exporter = DurationsExporter(metric_exporter_from_config(config), durations, health)
     meter_provider = MeterProvider(
         resource=resource,
         metric_readers=[PeriodicExportingMetricReader(metric_exporter)],

@@ -96,8 +96,11 @@ class OtlpReceiver(Peer):
         error_code: grpc.StatusCode | None = None,
         error_details: str = "injected failure",
         max_workers: int = 4,
+        metrics: bool = True,
     ) -> None:
         super().__init__(port)
+        #: ``False``: a traces-only backend (Jaeger, Tempo, Phoenix): metric exports get ``UNIMPLEMENTED``.
+        self.serves_metrics = metrics
         self._max_workers = max_workers
         self._server: grpc.Server | None = None
         self._pool: futures.ThreadPoolExecutor | None = None
@@ -123,7 +126,8 @@ class OtlpReceiver(Peer):
             options=[("grpc.so_reuseport", 0)],
         )
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), server)
+        if self.serves_metrics:
+            metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), server)
         try:
             bound = server.add_insecure_port(f"127.0.0.1:{port}")
         except RuntimeError as exc:  # newer grpcio raises instead of returning 0

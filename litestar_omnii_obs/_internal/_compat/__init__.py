@@ -11,8 +11,8 @@ decides anything: the modules that use these names hold the behaviour.
   ``SentryLitestarASGIMiddleware``: what its LitestarIntegration injects into an app, which the
   plugin removes (:func:`sentry_litestar_hooks`).
 * The OpenTelemetry SDK's log messages for failed metric exports (matched as text by
-  :class:`ExportLogFilter`, only to keep them quiet: one line per outage is ours; nothing
-  is counted from them).
+  :class:`ExportLogFilter`, to keep them quiet: one line per outage is ours; nothing is
+  counted from them, and :func:`take_export_failure` reads the reason they give).
 * ``TracerProvider._disabled`` / ``MeterProvider._disabled``: the SDK reads
   ``OTEL_SDK_DISABLED`` from ``os.environ`` in its constructors; the config is the
   whole truth, so :func:`follow_config_not_environ` sets it from the config.
@@ -30,6 +30,8 @@ decides anything: the modules that use these names hold the behaviour.
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -69,20 +71,49 @@ SDK_EXPORT_LOGGERS = (
 _EXPORT_FAILURE_MESSAGES = ("Transient error", "Failed to export")
 
 
+_LAST_FAILURE = threading.local()  # the thread's last swallowed message (the export ran in that thread)
+_GRPC_CODE = re.compile(r"error code: (?:StatusCode\.)?(\w+)")
+_HTTP_CODE = re.compile(r"\bcode: (\d{3})\b")
+
+
 class ExportLogFilter(logging.Filter):
-    """Swallows the SDK's per-batch export failure messages (our health logs one line per outage)."""
+    """Swallows the SDK's per-batch export failure messages (our health logs one line per outage).
+
+    The reason they give (a gRPC status, an HTTP status) is kept for :func:`take_export_failure`.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not ("export" in message and any(text in message for text in _EXPORT_FAILURE_MESSAGES))
+        if "export" in message and any(text in message for text in _EXPORT_FAILURE_MESSAGES):
+            _LAST_FAILURE.reason = message
+            return False
+        return True
 
     def install(self) -> None:
+        # First in line: the SDK's own DuplicateFilter drops a message it saw in the last 20 s (another
+        # app's, another endpoint's) before later filters run, and its reason would be lost.
         for name in SDK_EXPORT_LOGGERS:
-            logging.getLogger(name).addFilter(self)
+            filters = logging.getLogger(name).filters
+            if self not in filters:
+                filters.insert(0, self)
 
     def remove(self) -> None:
         for name in SDK_EXPORT_LOGGERS:
             logging.getLogger(name).removeFilter(self)
+
+
+def take_export_failure() -> str | None:
+    """Why the SDK exporter's last export in this thread failed, from the message the filter swallowed
+    (``UNIMPLEMENTED``, ``HTTP 405``); ``None`` if it logged none."""
+    message: str | None = getattr(_LAST_FAILURE, "reason", None)
+    _LAST_FAILURE.reason = None
+    if message is None:
+        return None
+    found = _GRPC_CODE.search(message)
+    if found:
+        return found.group(1)
+    found = _HTTP_CODE.search(message)
+    return f"HTTP {found.group(1)}" if found else message[:160]
 
 
 def follow_config_not_environ(provider: TracerProvider | MeterProvider, disabled: bool) -> None:

@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics.export import (
     ScopeMetrics,
 )
 
-from litestar_omnii_obs._internal._compat import exporter_preferences
+from litestar_omnii_obs._internal._compat import exporter_preferences, take_export_failure
 from litestar_omnii_obs._internal.durations import SCOPE, RequestDurations
 from litestar_omnii_obs._internal.otlp.targets import signal_url
 from litestar_omnii_obs._internal.otlp.transports import split_credentials
@@ -182,7 +182,7 @@ class DurationsExporter(MetricExporter):
         if result is MetricExportResult.SUCCESS:
             self.health.succeeded(1)
         else:
-            self.health.failed("export failed")
+            self.health.failed(take_export_failure() or "export failed")
             if final:
                 self.health.lose(1, "final export failed (points since the last accepted export)")
         return result

@@ -137,6 +137,7 @@ class CollectorTarget(Target):
             )
         else:
             raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
+        transport.health.off_hint = "OTEL_TRACES_EXPORTER=none"
         super().__init__(transport)
         self.protocol = protocol
 
@@ -170,6 +171,7 @@ class SentryTarget(Target):
             max_backoff=max_backoff,
         )
         transport.health.kind = "Sentry OTLP trace export"
+        transport.health.off_hint = "OMNII_OBS_SENTRY_TRACES=off"
         super().__init__(transport, rate)
 
     @classmethod

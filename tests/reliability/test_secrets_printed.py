@@ -382,7 +382,7 @@ def test_obs_check_and_test_error_against_live_peers_never_show_credentials() ->
         check = obs("check", env=env)
         test_error = obs("test-error", "--timeout", "5", env=env)
         events = ingest.events()
-    assert check.returncode == 0, (check.stdout, check.stderr)  # every pipe answered, so every success line printed
+    assert check.returncode == 0, check.stdout + check.stderr  # every pipe answered, so every success line printed
     assert test_error.returncode == 0, (test_error.stdout, test_error.stderr)
     assert f"sent to http://***@127.0.0.1:{ingest.port}/42" in test_error.stdout
     assert len(events) == 2

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec.structs import force_setattr
 
+from litestar_omnii_obs._internal.records import API_LATENCY_LINE_KEYS
+
 __all__ = [
     "ConfigError",
     "LatencyConfig",
@@ -360,8 +362,6 @@ class LatencyConfig(msgspec.Struct, frozen=True, kw_only=True):
     Litestar itself logs exceptions only in debug mode."""
 
     def __post_init__(self) -> None:
-        from litestar_omnii_obs._internal.records import API_LATENCY_LINE_KEYS
-
         taken = sorted(API_LATENCY_LINE_KEYS.intersection(self.line_attributes))
         if taken:
             allowed = "names other than the line's own fields (" + ", ".join(sorted(API_LATENCY_LINE_KEYS)) + ")"

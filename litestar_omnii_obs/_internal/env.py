@@ -30,6 +30,7 @@ from litestar_omnii_obs._internal.config import (
     TracesExporter,
     redact_url,
 )
+from litestar_omnii_obs._internal.records import API_LATENCY_LINE_KEYS
 
 __all__ = ["ENV_PREFIX", "VARIABLES", "EnvVar", "display_value", "read_environ"]
 
@@ -189,8 +190,6 @@ def _names(value: str) -> tuple[str, ...]:
 
 
 def _line_attributes(value: str) -> tuple[str, ...]:
-    from litestar_omnii_obs._internal.records import API_LATENCY_LINE_KEYS
-
     names = _names(value)
     if API_LATENCY_LINE_KEYS.intersection(names):
         raise _Invalid
@@ -304,8 +303,7 @@ VARIABLES: tuple[EnvVar, ...] = (
         "latency.line_attributes",
         _line_attributes,
         "comma-separated attribute names such as tenant,user.id, none of the line's own fields "
-        "(metric, route, method, status, duration, error, timestamp, service, environment, trace_id, span_id, "
-        "sampled)",
+        f"({', '.join(sorted(API_LATENCY_LINE_KEYS))})",
     ),
     EnvVar("OMNII_OBS_UNMATCHED_ROUTE", "latency.unmatched_route", _label, _LABEL),
     EnvVar("OMNII_OBS_LOG_ERRORS", "latency.log_server_errors", _bool, _BOOL),

@@ -144,6 +144,7 @@ class PeerHealth:
         probe_interval: float = PROBE_INTERVAL,
         max_backoff: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        off_hint: str = "",
     ) -> None:
         if probe_interval <= 0 or max_backoff < probe_interval:
             raise ValueError("need 0 < probe_interval <= max_backoff")
@@ -152,7 +153,7 @@ class PeerHealth:
         self.unit = unit
         #: How to stop sending to this peer, for the outage warning (e.g. ``OTEL_METRICS_EXPORTER=none``):
         #: a backend that takes no such data answers every send with a failure.
-        self.off_hint = ""
+        self.off_hint = off_hint
         self.probe_interval = probe_interval
         self.max_backoff = max_backoff
         self._clock = clock

@@ -80,7 +80,7 @@ from litestar_omnii_obs._internal.exchange import (
 from litestar_omnii_obs._internal.headers import HeaderCapture
 from litestar_omnii_obs._internal.policy import UNOBSERVED, RoutePolicy, default_policy, route_policy
 from litestar_omnii_obs._internal.records import WebSocketMetric
-from litestar_omnii_obs._internal.reporting import new_request_breadcrumbs, not_sent_note, request_logger
+from litestar_omnii_obs._internal.reporting import not_sent_note, request_logger
 from litestar_omnii_obs._internal.sampling import DroppedSpan
 from litestar_omnii_obs._internal.scrubbing import SecretScrubber
 
@@ -348,8 +348,7 @@ class RequestObserver:
         if len(runtime.RUNNING) > 1:  # log_metric & co. in this request find this app (alone, it is found anyway)
             runtime.set_current(app_runtime)
         if app_runtime.sentry is not None:
-            app_runtime.sentry.isolate_request()  # what the app sets on Sentry's scope stays in this request
-            new_request_breadcrumbs(scope)  # capture_error in this request reports with its context
+            app_runtime.sentry.enter_request(scope)  # its own Sentry scope; capture_error sees the request
 
     def _open(self, scope: Scope, route: RoutePolicy | None) -> Exchange | None:
         """Open one request: its :class:`Exchange` (start time, route label, method) and, traced, its ids and span.

@@ -23,9 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "capture_error",
-    "new_request_breadcrumbs",
     "not_sent_note",
-    "request_crumbs",
     "request_logger",
     "request_scope",
     "start_sentry",
@@ -35,22 +33,8 @@ _logger = logging.getLogger("litestar_omnii_obs")
 #: The logger for requests that failed; sentry-sdk ignores it, since the plugin reports those errors itself.
 request_logger = logging.getLogger("litestar_omnii_obs.requests")
 
-#: The current request's ``timed_operation`` breadcrumbs (a fresh list per request while Sentry is on).
-request_crumbs: ContextVar[list[dict[str, Any]] | None] = ContextVar("omnii_obs_breadcrumbs", default=None)
-
 #: The ASGI scope of the request this code runs in, while Sentry is on: ``capture_error`` reports with its context.
 request_scope: ContextVar[Scope | None] = ContextVar("omnii_obs_request_scope", default=None)
-
-
-def new_request_breadcrumbs(scope: Scope | None = None) -> None:
-    """Give this request its own breadcrumb list, and remember it (the middleware calls this while Sentry is on).
-
-    The list keeps one request's operations out of another's events (sentry-sdk's isolation scope
-    is forked per request as well: :func:`~litestar_omnii_obs._internal.sentry.isolate_request`).
-    The request's ASGI ``scope`` is kept too, for ``capture_error`` (read only when it reports).
-    """
-    request_crumbs.set([])
-    request_scope.set(scope)
 
 
 def not_sent_note(

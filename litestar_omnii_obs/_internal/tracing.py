@@ -404,8 +404,12 @@ def _metrics(
 
     durations = RequestDurations()
     durations.start_folding()
-    health = PeerHealth(redact_url(metrics_endpoint) or metrics_endpoint, kind="OTLP metric export", unit="export")
-    health.off_hint = "OTEL_METRICS_EXPORTER=none"
+    health = PeerHealth(
+        redact_url(metrics_endpoint) or metrics_endpoint,
+        kind="OTLP metric export",
+        unit="export",
+        off_hint="OTEL_METRICS_EXPORTER=none",
+    )
     metric_exporter = DurationsExporter(metric_exporter_from_config(config), durations, health)
     meter_provider = MeterProvider(
         resource=resource,

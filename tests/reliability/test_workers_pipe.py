@@ -74,6 +74,16 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def all_workers(pid: int, count: int, timeout: float = 15.0) -> list[int]:
+    """The server's worker processes once ``count`` are up (the server answers as soon as its first is)."""
+    deadline = time.monotonic() + timeout
+    found = descendants(pid)
+    while len(found) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        found = descendants(pid)
+    return found
+
+
 @pytest.mark.reliability
 @pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
 def test_workers_sharing_a_stdout_pipe_write_whole_lines_and_lose_none(server: str, tmp_path: Path) -> None:
@@ -84,7 +94,7 @@ def test_workers_sharing_a_stdout_pipe_write_whole_lines_and_lose_none(server: s
     assert fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE) == PIPE_SIZE
     reader = LaggingReader(pipe)
     reader.start()
-    workers = descendants(process.proc.pid)
+    workers = all_workers(process.proc.pid, WORKERS)
     try:
         result = asyncio.run(drive(process.url, REQUESTS, CONCURRENCY))
         returncode = process.stop(timeout=60)

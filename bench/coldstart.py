@@ -37,10 +37,10 @@ def worker() -> None:
     from bench.inprocess import Lifespan, check_response
 
     name = os.environ["BENCH_VARIANT"]
-    marks: list[tuple[float, float]] = [(time.process_time(), time.perf_counter())]
+    marks: list[tuple[float, float, float]] = [(time.process_time(), time.perf_counter(), _rss_mib("VmRSS"))]
 
     def mark() -> None:
-        marks.append((time.process_time(), time.perf_counter()))
+        marks.append((time.process_time(), time.perf_counter(), _rss_mib("VmRSS")))
 
     import litestar  # noqa: F401  # the import phase: Litestar and what the variant's app needs
 
@@ -62,22 +62,22 @@ def worker() -> None:
 
     asyncio.run(drive())
     phases = {
-        phase: {"cpu_ms": (end[0] - start[0]) * 1e3, "wall_ms": (end[1] - start[1]) * 1e3}
+        phase: {"cpu_ms": (end[0] - start[0]) * 1e3, "wall_ms": (end[1] - start[1]) * 1e3, "rss_mib": end[2] - start[2]}
         for phase, start, end in zip(PHASES, marks[:-1], marks[1:], strict=True)
     }
     with open(os.environ["BENCH_RESULT_FILE"], "w") as out:
-        json.dump({"phases": phases, "peak_rss_mib": _peak_rss_mib()}, out)
+        json.dump({"phases": phases, "peak_rss_mib": _rss_mib("VmHWM")}, out)
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak RSS since it was exec'd (``VmHWM``).
+def _rss_mib(field: str) -> float:
+    """This process's RSS now (``VmRSS``) or its peak since it was exec'd (``VmHWM``).
 
     Not ``ru_maxrss`` from ``wait4``: that counts the child from the fork on, so it would never read
     below the parent's own RSS (the parent holds the live peers).
     """
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -205,7 +205,8 @@ def run_all(selected: list[Any], peers: Any, rounds: int, log: Any = None) -> di
             if log is not None:
                 status = sample.failure or (
                     f"CPU {sample.cpu_ms:6.0f} ms (bare {base.cpu_ms:4.0f}), wall {sample.wall_ms:6.0f} ms, "
-                    f"peak RSS {sample.rss_mib:5.1f} MiB (bare {base.rss_mib:4.1f})"
+                    f"peak RSS {sample.rss_mib:5.1f} MiB (bare {base.rss_mib:4.1f}); RSS by phase "
+                    + " ".join(f"{p.get('rss_mib', 0.0):+.1f}" for p in sample.phases.values())
                 )
                 log(f"  cold {round_no}/{rounds} {v.name:24} {status}")
         if not others:

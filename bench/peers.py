@@ -1,8 +1,9 @@
 """Live and dead telemetry peers for the benchmark, all on 127.0.0.1.
 
-The live ones are the test suite's real peers (a gRPC OTLP receiver, an HTTP Sentry ingest) with their
-request handling reduced to counting: they share the machine's two cores with the measured server, so
-they neither decode every span into Python objects nor keep what they received.
+The live ones are the test suite's real peers (OTLP receivers over HTTP, the default protocol, and over
+gRPC; an HTTP Sentry ingest) with their request handling reduced to counting: they share the machine's
+two cores with the measured server, so they neither decode every span into Python objects nor keep what
+they received.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from types import TracebackType
 from typing import Any, Self
 
 from bench.variants import Endpoints
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
-__all__ = ["CountingOtlpReceiver", "CountingSentryIngest", "Peers"]
+__all__ = ["CountingOtlpHttpReceiver", "CountingOtlpReceiver", "CountingSentryIngest", "Peers"]
 
 
 class CountingOtlpReceiver(OtlpReceiver):
@@ -40,6 +42,31 @@ class CountingOtlpReceiver(OtlpReceiver):
         else:
             with self._lock:
                 self.metric_exports += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.span_count = self.metric_exports = 0
+
+
+class CountingOtlpHttpReceiver(OtlpHttpReceiver):
+    """OTLP/HTTP: answers every POST 200 (an empty protobuf answer) and only counts spans and metric exports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.span_count = 0
+        self.metric_exports = 0
+
+    def _handle(self, handler: Any) -> None:
+        body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        if handler.path.startswith("/v1/traces"):
+            spans = _count_otlp_http_spans(body, handler.headers.get("Content-Encoding"))
+            with self._lock:
+                self.span_count += spans
+        else:
+            with self._lock:
+                self.metric_exports += 1
+        handler.respond(200, b"", {})
 
     def reset(self) -> None:
         with self._lock:
@@ -108,10 +135,11 @@ def _count_otlp_http_spans(body: bytes, encoding: str | None) -> int:
 
 
 class Peers:
-    """A live OTLP receiver, a live Sentry ingest, a port where nothing listens and a scratch directory."""
+    """Live OTLP receivers (HTTP and gRPC), a live Sentry ingest, a port where nothing listens, a scratch dir."""
 
     def __init__(self) -> None:
-        self.otlp = CountingOtlpReceiver()
+        self.otlp = CountingOtlpHttpReceiver()
+        self.otlp_grpc = CountingOtlpReceiver()
         self.sentry = CountingSentryIngest()
         # Bound but never listening: connections are refused, and no other process can take the port.
         self._dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -121,11 +149,13 @@ class Peers:
     def start(self) -> Self:
         self._dead.bind(("127.0.0.1", 0))
         self.otlp.start()
+        self.otlp_grpc.start()
         self.sentry.start()
         return self
 
     def stop(self) -> None:
         self.otlp.stop()
+        self.otlp_grpc.stop()
         self.sentry.stop()
         self._dead.close()
         self._tmp.cleanup()
@@ -146,6 +176,7 @@ class Peers:
     def endpoints(self, workdir: Path | None = None) -> Endpoints:
         return Endpoints(
             otlp=self.otlp.endpoint,
+            otlp_grpc=self.otlp_grpc.endpoint,
             dsn=self.sentry.dsn,
             dead_otlp=f"http://127.0.0.1:{self.dead_port}",
             dead_dsn=f"http://{self.sentry.public_key}@127.0.0.1:{self.dead_port}/{self.sentry.project_id}",
@@ -154,12 +185,13 @@ class Peers:
 
     def reset(self) -> None:
         self.otlp.reset()
+        self.otlp_grpc.reset()
         self.sentry.reset()
 
     def counts(self) -> dict[str, int]:
         """What reached the peers since the last reset: OTLP spans, Sentry envelopes, spans at Sentry's OTLP."""
         return {
-            "spans": self.otlp.span_count,
+            "spans": self.otlp.span_count + self.otlp_grpc.span_count,
             "sentry": self.sentry.envelope_count,
             "sentry spans": self.sentry.otlp_span_count,
         }

@@ -21,6 +21,9 @@ class Endpoints:
     """Where the variants send telemetry: live peers, addresses where nothing listens, a scratch directory."""
 
     otlp: str
+    """The OTLP/HTTP collector (the default protocol)."""
+    otlp_grpc: str
+    """The OTLP/gRPC collector (the anchors' exporters, and ``obs-prod-grpc``)."""
     dsn: str
     dead_otlp: str
     dead_dsn: str
@@ -68,6 +71,10 @@ def _env(**values: _Value) -> Env:
 
 def _live_otlp(e: Endpoints) -> str:
     return e.otlp
+
+
+def _live_otlp_grpc(e: Endpoints) -> str:
+    return e.otlp_grpc
 
 
 def _dead_otlp(e: Endpoints) -> str:
@@ -129,6 +136,20 @@ VARIANTS: tuple[Variant, ...] = (
         features=_OURS | {"Sentry perf"},
     ),
     Variant(
+        "obs-prod-grpc",
+        "obs",
+        "obs-prod over gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc, the grpc extra) to a live gRPC collector",
+        _env(
+            **_PROD,
+            OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp_grpc,
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            SENTRY_DSN=_live_dsn,
+        ),
+        uses_otlp=True,
+        uses_sentry=True,
+        features=_OURS | {"Sentry perf"},
+    ),
+    Variant(
         "obs-prod-dead-otlp",
         "obs",
         "obs-prod with the collector dead (nothing listens at OTEL_EXPORTER_OTLP_ENDPOINT)",
@@ -184,7 +205,7 @@ VARIANTS: tuple[Variant, ...] = (
         "litestar-otel",
         "anchor: Litestar's OpenTelemetryPlugin, SDK TracerProvider (always on), BatchSpanProcessor + OTLP/gRPC "
         "exporter to the live collector",
-        _env(OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp),
+        _env(OTEL_EXPORTER_OTLP_ENDPOINT=_live_otlp_grpc),
         uses_otlp=True,
         features=frozenset({"traces"}),
     ),
@@ -209,7 +230,7 @@ VARIANTS: tuple[Variant, ...] = (
         "logfire",
         "anchor: logfire.instrument_litestar(), logfire.configure(send_to_logfire=False, console=False) with a "
         "BatchSpanProcessor + OTLP/gRPC exporter to the live collector",
-        _env(BENCH_OTLP_ENDPOINT=_live_otlp),
+        _env(BENCH_OTLP_ENDPOINT=_live_otlp_grpc),
         uses_otlp=True,
         features=frozenset({"traces"}),
     ),

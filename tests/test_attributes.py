@@ -20,7 +20,7 @@ from litestar import Litestar, get
 
 from litestar_omnii_obs import ConfigError, MetricsConfig, ObservabilityConfig, ObservabilityPlugin, TracingConfig
 from tests.conftest import free_port
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 
 
 @get("/where")
@@ -29,8 +29,8 @@ async def where() -> str:
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as peer:
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    with OtlpHttpReceiver() as peer:
         yield peer
 
 
@@ -55,7 +55,7 @@ def serve_directly(app: Litestar) -> Iterator[str]:
         thread.join(20)
 
 
-def span_attributes(receiver: OtlpReceiver, headers: dict[str, str], *trusted: str) -> dict[str, Any]:
+def span_attributes(receiver: OtlpHttpReceiver, headers: dict[str, str], *trusted: str) -> dict[str, Any]:
     """The server span's attributes for one ``GET /where`` sent with ``headers``, ``trusted`` proxies configured."""
     config = ObservabilityConfig(
         metrics=MetricsConfig(sink="off"),
@@ -75,26 +75,26 @@ def peers(attributes: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def test_the_span_names_the_host_the_client_asked_for_not_the_socket(receiver: OtlpReceiver) -> None:
+def test_the_span_names_the_host_the_client_asked_for_not_the_socket(receiver: OtlpHttpReceiver) -> None:
     assert peers(span_attributes(receiver, {"host": "api.example.com"})) == ("api.example.com", 80, "http", "127.0.0.1")
 
 
-def test_a_port_in_host_is_the_server_port(receiver: OtlpReceiver) -> None:
+def test_a_port_in_host_is_the_server_port(receiver: OtlpHttpReceiver) -> None:
     assert peers(span_attributes(receiver, {"host": "api.example.com:8443"}))[:2] == ("api.example.com", 8443)
 
 
-def test_an_ipv6_host_loses_its_brackets(receiver: OtlpReceiver) -> None:
+def test_an_ipv6_host_loses_its_brackets(receiver: OtlpHttpReceiver) -> None:
     assert peers(span_attributes(receiver, {"host": "[2001:db8::1]:8080"}))[:2] == ("2001:db8::1", 8080)
 
 
-def test_the_default_host_header_names_the_address_the_client_dialled(receiver: OtlpReceiver) -> None:
+def test_the_default_host_header_names_the_address_the_client_dialled(receiver: OtlpHttpReceiver) -> None:
     attributes = span_attributes(receiver, {})
     assert attributes["server.address"] == "127.0.0.1"
     assert isinstance(attributes["server.port"], int)
     assert attributes["server.port"] > 0
 
 
-def test_forwarded_headers_from_a_client_nobody_trusts_are_ignored(receiver: OtlpReceiver) -> None:
+def test_forwarded_headers_from_a_client_nobody_trusts_are_ignored(receiver: OtlpHttpReceiver) -> None:
     """By default no proxy is trusted: anyone could send these headers."""
     headers = {
         "host": "api.example.com",
@@ -106,12 +106,12 @@ def test_forwarded_headers_from_a_client_nobody_trusts_are_ignored(receiver: Otl
     assert peers(span_attributes(receiver, headers)) == ("api.example.com", 80, "http", "127.0.0.1")
 
 
-def test_forwarded_headers_from_a_proxy_outside_the_trusted_networks_are_ignored(receiver: OtlpReceiver) -> None:
+def test_forwarded_headers_from_a_proxy_outside_the_trusted_networks_are_ignored(receiver: OtlpHttpReceiver) -> None:
     headers = {"host": "pod-7:8000", "x-forwarded-host": "evil.example", "x-forwarded-for": "203.0.113.7"}
     assert peers(span_attributes(receiver, headers, "10.0.0.0/8")) == ("pod-7", 8000, "http", "127.0.0.1")
 
 
-def test_a_trusted_proxy_s_x_forwarded_headers_name_the_original_request(receiver: OtlpReceiver) -> None:
+def test_a_trusted_proxy_s_x_forwarded_headers_name_the_original_request(receiver: OtlpHttpReceiver) -> None:
     headers = {
         "host": "pod-7:8000",
         "x-forwarded-host": "shop.example.com",
@@ -121,7 +121,7 @@ def test_a_trusted_proxy_s_x_forwarded_headers_name_the_original_request(receive
     assert peers(span_attributes(receiver, headers, "127.0.0.1")) == ("shop.example.com", 443, "https", "203.0.113.7")
 
 
-def test_rfc_7239_forwarded_wins_over_the_x_forwarded_headers(receiver: OtlpReceiver) -> None:
+def test_rfc_7239_forwarded_wins_over_the_x_forwarded_headers(receiver: OtlpHttpReceiver) -> None:
     headers = {
         "host": "pod-7:8000",
         "forwarded": 'for="[2001:db8::7]:4711";proto=https;host=shop.example.com:8443, for=10.0.0.2',
@@ -136,19 +136,19 @@ def test_rfc_7239_forwarded_wins_over_the_x_forwarded_headers(receiver: OtlpRece
     )
 
 
-def test_the_client_is_the_last_address_before_the_trusted_proxies(receiver: OtlpReceiver) -> None:
+def test_the_client_is_the_last_address_before_the_trusted_proxies(receiver: OtlpHttpReceiver) -> None:
     """uvicorn's rule: from the nearest hop back, the first address that is not a trusted proxy."""
     headers = {"x-forwarded-for": "198.51.100.9, 203.0.113.7, 10.1.2.3"}
     assert span_attributes(receiver, headers, "127.0.0.1", "10.0.0.0/8")["client.address"] == "203.0.113.7"
 
 
-def test_trusting_every_client_takes_the_first_forwarded_address(receiver: OtlpReceiver) -> None:
+def test_trusting_every_client_takes_the_first_forwarded_address(receiver: OtlpHttpReceiver) -> None:
     headers = {"x-forwarded-for": "198.51.100.9, 203.0.113.7", "x-forwarded-proto": "https, http"}
     attributes = span_attributes(receiver, headers, "*")
     assert (attributes["client.address"], attributes["url.scheme"]) == ("198.51.100.9", "https")
 
 
-def test_an_unknown_forwarded_scheme_is_ignored(receiver: OtlpReceiver) -> None:
+def test_an_unknown_forwarded_scheme_is_ignored(receiver: OtlpHttpReceiver) -> None:
     headers = {"host": "api.example.com", "x-forwarded-proto": "gopher"}
     assert peers(span_attributes(receiver, headers, "*"))[1:3] == (80, "http")
 

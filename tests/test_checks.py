@@ -15,7 +15,7 @@ import sentry_sdk
 from litestar_omnii_obs import ObservabilityConfig, SentryConfig, TracingConfig
 from litestar_omnii_obs._internal.checks import PipeResult, check_pipes, send_test_error
 from tests.conftest import free_port
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 from tests.peers.tcp_peers import HungPeer
 
@@ -23,8 +23,8 @@ TIMEOUT = 3.0
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as peer:
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    with OtlpHttpReceiver() as peer:
         yield peer
 
 
@@ -77,7 +77,7 @@ def test_tracing_turned_off_is_named_as_the_reason(tracing: dict[str, object], w
     assert (pipes["otlp-metrics"].result, pipes["otlp-metrics"].detail) == ("off", why)
 
 
-def test_live_peers_get_one_span_one_point_and_one_event(receiver: OtlpReceiver, ingest: SentryIngest) -> None:
+def test_live_peers_get_one_span_one_point_and_one_event(receiver: OtlpHttpReceiver, ingest: SentryIngest) -> None:
     pipes = by_pipe(check_pipes(config_for(receiver.endpoint, ingest.dsn), TIMEOUT))
     assert {p.result for p in pipes.values()} == {"ok"}, pipes
     span = receiver.span("litestar obs check")
@@ -114,7 +114,7 @@ def test_a_peer_that_never_answers_fails_within_the_check_s_bound() -> None:
     assert hung.accepted >= 1  # it was really tried
 
 
-def test_the_target_shows_headers_by_name_only(receiver: OtlpReceiver) -> None:
+def test_the_target_shows_headers_by_name_only(receiver: OtlpHttpReceiver) -> None:
     config = config_for(receiver.endpoint, otlp_headers=(("authorization", "Bearer s3cr3t"),))
     pipes = by_pipe(check_pipes(config, TIMEOUT))
     assert pipes["otlp-traces"].target == f"{receiver.endpoint} (headers authorization=***)"

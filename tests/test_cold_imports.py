@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver
 
 _APP = """
@@ -71,15 +72,29 @@ def test_tracing_off_loads_no_exporter_either() -> None:
     assert _loaded(modules, EXPORT_ONLY) == []
 
 
-def test_an_otlp_endpoint_loads_grpc_and_the_metrics_sdk() -> None:
-    """The other side of the same check: with a collector configured, what it needs is there."""
-    with OtlpReceiver() as receiver:
+def test_an_otlp_endpoint_over_the_default_protocol_loads_neither_grpc_nor_protobuf() -> None:
+    """The other side of the same check: with a collector configured, only what it needs is there."""
+    with OtlpHttpReceiver() as receiver:
         modules = _modules_after_one_request({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
-    assert _loaded(modules, ("grpc", "opentelemetry.sdk.metrics", "litestar_omnii_obs._internal.otlp")) == [
-        "grpc",
-        "litestar_omnii_obs._internal.otlp",
-        "opentelemetry.sdk.metrics",
-    ]
+        assert receiver.wait_for_spans(1)
+    assert _loaded(modules, EXPORT_ONLY) == ["litestar_omnii_obs._internal.otlp", "opentelemetry.sdk.metrics"]
+
+
+def test_the_grpc_protocol_loads_grpc_and_still_no_protobuf() -> None:
+    with OtlpReceiver() as receiver:
+        modules = _modules_after_one_request(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        )
+        assert receiver.wait_for_spans(1)
+    assert _loaded(modules, EXPORT_ONLY) == ["grpc", "litestar_omnii_obs._internal.otlp", "opentelemetry.sdk.metrics"]
+
+
+def test_traces_only_loads_no_metrics_sdk() -> None:
+    with OtlpHttpReceiver() as receiver:
+        modules = _modules_after_one_request(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRICS_EXPORTER": "none"}
+        )
+    assert _loaded(modules, EXPORT_ONLY) == ["litestar_omnii_obs._internal.otlp"]
 
 
 def test_without_a_dsn_sentry_sdk_is_not_imported() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import sys
 import threading
 from collections.abc import Sequence
@@ -16,8 +15,6 @@ from typing import ClassVar
 
 import pytest
 import sentry_sdk
-from opentelemetry.exporter.otlp.proto.grpc import exporter as grpc_exporter_module
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -161,47 +158,6 @@ class _Stuck(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def test_the_filter_swallows_only_export_failures() -> None:
-    log_filter = _compat.ExportLogFilter()
-    failed = logging.LogRecord("x", logging.WARNING, __file__, 1, "Failed to export metrics batch", None, None)
-    other = logging.LogRecord("x", logging.WARNING, __file__, 1, "Queue full, dropping span.", None, None)
-    assert log_filter.filter(failed) is False
-    assert log_filter.filter(other) is True
-
-
-def test_grpc_metric_exporter_still_logs_failures_with_the_text_we_match() -> None:
-    source = inspect.getsource(grpc_exporter_module)
-    assert "Transient error" in source
-    assert "Failed to export" in source
-    assert "error code: %s" in source  # the reason take_export_failure reads
-    common_http = pytest.importorskip("opentelemetry.exporter.otlp.common.http")  # where the HTTP exporters log
-    assert "batch code: %s" in inspect.getsource(common_http)
-
-
-@pytest.mark.parametrize(
-    ("message", "args", "reason"),
-    [
-        (  # opentelemetry.exporter.otlp.proto.grpc.exporter, a traces-only backend
-            "Failed to export %s to %s, error code: %s, error details: %s",
-            ("metrics", "127.0.0.1:4317", "StatusCode.UNIMPLEMENTED", "Method not found!"),
-            "UNIMPLEMENTED",
-        ),
-        (  # opentelemetry.exporter.otlp.common.http, through the HTTP metric exporter's logger
-            "Failed to export %s batch code: %s, reason: %s",
-            ("metrics", 405, "Method Not Allowed"),
-            "HTTP 405",
-        ),
-    ],
-)
-def test_the_reason_of_a_swallowed_export_failure_is_kept_for_the_outage_warning(
-    message: str, args: tuple[object, ...], reason: str
-) -> None:
-    record = logging.LogRecord("x", logging.ERROR, __file__, 1, message, args, None)
-    assert _compat.ExportLogFilter().filter(record) is False
-    assert _compat.take_export_failure() == reason
-    assert _compat.take_export_failure() is None  # taken once
-
-
 def test_providers_keep_the_disabled_flag_the_config_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     provider = TracerProvider()
@@ -211,16 +167,6 @@ def test_providers_keep_the_disabled_flag_the_config_overrides(monkeypatch: pyte
     _compat.follow_config_not_environ(provider, False)
     span = provider.get_tracer("t").start_span("s")
     assert span.is_recording()
-
-
-def test_metric_exporters_keep_their_preferences_where_we_read_them() -> None:
-    exporter = OTLPMetricExporter(endpoint="http://127.0.0.1:9", insecure=True)
-    try:
-        preferences = _compat.exporter_preferences(exporter)
-    finally:
-        exporter.shutdown(timeout_millis=100)
-    assert set(preferences) == {"preferred_temporality", "preferred_aggregation"}
-    assert isinstance(preferences["preferred_temporality"], dict)
 
 
 def test_the_tracer_context_manager_type_still_exists() -> None:

@@ -20,7 +20,6 @@ from litestar.testing import TestClient
 from litestar_omnii_obs import ApiLatencyMetric, ObservabilityConfig, ObservabilityPlugin
 from litestar_omnii_obs.testing import ObservabilityCapture
 from tests.peers.otlp_http_receiver import OtlpHttpReceiver
-from tests.peers.otlp_receiver import OtlpReceiver
 
 # These tests are about the sampling the app is configured with, so the capture keeps it.
 pytestmark = pytest.mark.obs_capture(sampling="app")
@@ -107,7 +106,7 @@ def test_sdk_enabled_in_the_mapping_wins_over_disabled_in_the_environment(
 
 def test_sdk_disabled_turns_off_spans_and_export_but_not_records(tmp_path: Path) -> None:
     sink = tmp_path / "m.jsonl"
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         config = ObservabilityConfig.from_env(
             {
                 "OTEL_SDK_DISABLED": "true",
@@ -124,7 +123,7 @@ def test_sdk_disabled_turns_off_spans_and_export_but_not_records(tmp_path: Path)
 
 def test_batch_schedule_delay_in_the_mapping_wins(clean_environ: pytest.MonkeyPatch) -> None:
     clean_environ.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # ten minutes: nothing would arrive before shutdown
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         plugin = ObservabilityPlugin(
             ObservabilityConfig.from_env(
                 {
@@ -163,7 +162,7 @@ def test_metrics_over_http_reach_v1_metrics(clean_environ: pytest.MonkeyPatch) -
 def test_metrics_exporter_none_sends_no_metric_while_spans_still_go(
     clean_environ: pytest.MonkeyPatch, obs_log: list[logging.LogRecord]
 ) -> None:
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         plugin = run({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRICS_EXPORTER": "none"})
         spans = receiver.wait_for_spans(3)
         signals = {request.signal for request in receiver.requests()}
@@ -177,7 +176,7 @@ def test_metrics_exporter_none_sends_no_metric_while_spans_still_go(
 def test_traces_exporter_none_sends_no_span_but_ids_and_metrics_stay(
     clean_environ: pytest.MonkeyPatch, obs_log: list[logging.LogRecord]
 ) -> None:
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         config = ObservabilityConfig.from_env(
             {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,

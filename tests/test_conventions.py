@@ -33,7 +33,7 @@ from litestar_omnii_obs import (
 from litestar_omnii_obs._internal.config import Sampler
 from litestar_omnii_obs.testing import ObservabilityCapture
 from tests.conftest import read_lines, serve
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 
@@ -95,8 +95,8 @@ HANDLERS = [quota, timeout, upstream, reset, unavailable, crash, bad_gateway, ok
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as peer:
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    with OtlpHttpReceiver() as peer:
         yield peer
 
 
@@ -113,7 +113,7 @@ def run(config: ObservabilityConfig, *requests: tuple[str, dict[str, str]]) -> l
         return [client.get(path, headers=headers) for path, headers in requests]
 
 
-def traced(receiver: OtlpReceiver, sink: Path, sampler: Sampler = "always_on") -> ObservabilityConfig:
+def traced(receiver: OtlpHttpReceiver, sink: Path, sampler: Sampler = "always_on") -> ObservabilityConfig:
     return ObservabilityConfig(
         metrics=MetricsConfig(sink=str(sink)),
         tracing=TracingConfig(otlp_endpoint=receiver.endpoint, sampler=sampler, shutdown_timeout=10.0),
@@ -123,7 +123,9 @@ def traced(receiver: OtlpReceiver, sink: Path, sampler: Sampler = "always_on") -
 # --------------------------------------------------------------------------- error.type
 
 
-def test_error_type_is_the_qualified_exception_type_on_spans_and_durations(receiver: OtlpReceiver, sink: Path) -> None:
+def test_error_type_is_the_qualified_exception_type_on_spans_and_durations(
+    receiver: OtlpHttpReceiver, sink: Path
+) -> None:
     paths = ("/quota", "/timeout", "/bad-gateway", "/ok")
     assert [r.status_code for r in run(traced(receiver, sink), *((p, {}) for p in paths))] == [500, 500, 502, 200]
     spans = {span.attributes["http.route"]: span for span in receiver.wait_for_spans(4)}
@@ -145,7 +147,7 @@ def test_error_type_is_the_qualified_exception_type_on_spans_and_durations(recei
     }
 
 
-def test_the_line_keeps_the_bare_exception_name_it_documents(receiver: OtlpReceiver, sink: Path) -> None:
+def test_the_line_keeps_the_bare_exception_name_it_documents(receiver: OtlpHttpReceiver, sink: Path) -> None:
     run(traced(receiver, sink), ("/quota", {}), ("/bad-gateway", {}))
     errors = [line.get("error") for line in read_lines(sink) if line["metric"] == "api_latency"]
     assert errors == ["QuotaExceeded", None]
@@ -154,7 +156,7 @@ def test_the_line_keeps_the_bare_exception_name_it_documents(receiver: OtlpRecei
 # --------------------------------------------------------------------------- sampled on lines
 
 
-def test_lines_say_the_trace_is_sampled(receiver: OtlpReceiver, sink: Path) -> None:
+def test_lines_say_the_trace_is_sampled(receiver: OtlpHttpReceiver, sink: Path) -> None:
     [response] = run(traced(receiver, sink), ("/ok", {}))
     graph, latency = read_lines(sink)
     assert (graph["metric"], latency["metric"]) == ("graph_query_duration", "api_latency")
@@ -163,14 +165,14 @@ def test_lines_say_the_trace_is_sampled(receiver: OtlpReceiver, sink: Path) -> N
     assert receiver.wait_for_spans(1)[0].trace_id == latency["trace_id"]  # a trace to find under that id
 
 
-def test_lines_say_the_trace_was_dropped(receiver: OtlpReceiver, sink: Path) -> None:
+def test_lines_say_the_trace_was_dropped(receiver: OtlpHttpReceiver, sink: Path) -> None:
     [response] = run(traced(receiver, sink, "always_off"), ("/ok", {}))
     graph, latency = read_lines(sink)
     assert (graph["sampled"], latency["sampled"]) == (False, False)
     assert graph["trace_id"] == latency["trace_id"] == response.headers["x-request-id"]  # ids to correlate logs
 
 
-def test_a_caller_s_sampled_trace_is_sampled_on_the_line(receiver: OtlpReceiver, sink: Path) -> None:
+def test_a_caller_s_sampled_trace_is_sampled_on_the_line(receiver: OtlpHttpReceiver, sink: Path) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     caller = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
     run(traced(receiver, sink, "parentbased_always_off"), ("/ok", caller))
@@ -200,7 +202,9 @@ def test_the_typed_record_path_writes_the_same_sampled_field(
 # --------------------------------------------------------------------------- defaults
 
 
-def test_defaults_are_opentelemetry_s_and_sentry_s(receiver: OtlpReceiver, ingest: SentryIngest, sink: Path) -> None:
+def test_defaults_are_opentelemetry_s_and_sentry_s(
+    receiver: OtlpHttpReceiver, ingest: SentryIngest, sink: Path
+) -> None:
     config = ObservabilityConfig(
         metrics=MetricsConfig(sink=str(sink)),
         sentry=SentryConfig(dsn=ingest.dsn, flush_timeout=3.0),
@@ -217,7 +221,9 @@ def test_defaults_are_opentelemetry_s_and_sentry_s(receiver: OtlpReceiver, inges
     assert event.get("release") != "1.0.0"
 
 
-def test_the_service_name_and_version_in_otel_resource_attributes_are_used(receiver: OtlpReceiver, sink: Path) -> None:
+def test_the_service_name_and_version_in_otel_resource_attributes_are_used(
+    receiver: OtlpHttpReceiver, sink: Path
+) -> None:
     config = ObservabilityConfig.from_env(
         {
             "OTEL_RESOURCE_ATTRIBUTES": "service.name=checkout,service.version=2.4.1,team=payments",

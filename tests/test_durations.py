@@ -19,12 +19,10 @@ import pytest
 from litestar import Litestar, Response, get
 from litestar.exceptions import NotFoundException, ServiceUnavailableException
 from litestar.testing import TestClient
-from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     HistogramDataPoint,
     Metric,
-    MetricExporter,
     MetricExportResult,
     MetricsData,
     ResourceMetrics,
@@ -35,9 +33,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, TracingConfig
-from litestar_omnii_obs._internal.durations import HTTP_DURATION_BUCKETS, DurationsExporter, RequestDurations
-from litestar_omnii_obs._internal.health import PeerHealth
-from tests.peers.otlp_receiver import OtlpReceiver
+from litestar_omnii_obs._internal.durations import HTTP_DURATION_BUCKETS, RequestDurations
+from litestar_omnii_obs._internal.otlp.metrics import build_metric_exporter
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 
 OVERFLOW = {"otel.metric.overflow": True}
 
@@ -170,24 +168,6 @@ def test_failure_points_carry_url_scheme_and_error_type() -> None:
     assert by_status[404]["url.scheme"] == "http"
 
 
-class _Keep(MetricExporter):
-    """The inner exporter: keeps what it was given."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.exported: list[MetricsData] = []
-
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        self.exported.append(metrics_data)
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        return None
-
-
 def _sdk_data(resource: Resource) -> MetricsData:
     """What the SDK's reader hands over: one resource, another scope's metric already in it."""
     other = Metric(
@@ -204,29 +184,18 @@ def test_the_overflow_series_reaches_the_collector_with_a_boolean_attribute() ->
     durations = RequestDurations(max_series=2)
     for i in range(10):
         durations.record(0.01, "GET", f"/r/{i}", 200, "http", None)
-    inner = _Keep()
-    health = PeerHealth("memory", kind="OTLP metric export", unit="export")
-    exporter = DurationsExporter(inner, durations, health)
-    resource = Resource.create({"service.name": "svc"})
-    assert exporter.export(_sdk_data(resource)) is MetricExportResult.SUCCESS
-    assert (health.delivered_count, health.dropped) == (1, 0)
-
-    [sent] = inner.exported
-    request = encode_metrics(sent)  # the protobuf the OTLP exporters put on the wire
-    found: list[dict[str, Any]] = []
-    for resource_metrics in request.resource_metrics:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                if metric.name == "http.server.request.duration":
-                    assert scope_metrics.scope.name == "litestar_omnii_obs"
-                    for point in metric.histogram.data_points:
-                        found.append({kv.key: kv.value for kv in point.attributes} | {"count": point.count})
-    assert len(found) == 3
-    [overflow] = [p for p in found if "otel.metric.overflow" in p]
-    assert overflow["otel.metric.overflow"].WhichOneof("value") == "bool_value"
-    assert overflow["otel.metric.overflow"].bool_value is True
-    assert overflow["count"] == 8
-    assert sum(p["count"] for p in found) == 10
+    with OtlpHttpReceiver() as collector:
+        exporter = build_metric_exporter(collector.endpoint, durations=durations)
+        resource = Resource.create({"service.name": "svc"})
+        assert exporter.export(_sdk_data(resource)) is MetricExportResult.SUCCESS
+        exporter.shutdown()
+        points = collector.metric_points("http.server.request.duration")
+    assert (exporter.health.delivered_count, exporter.health.dropped) == (1, 0)
+    assert len(points) == 3
+    [overflow] = [p for p in points if "otel.metric.overflow" in p.attributes]
+    assert overflow.attributes["otel.metric.overflow"] is True
+    assert overflow.count == 8
+    assert sum(p.count or 0 for p in points) == 10
 
 
 # --------------------------------------------------------------------------- a real app, in-process
@@ -258,12 +227,12 @@ async def ok() -> str:
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as peer:
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    with OtlpHttpReceiver() as peer:
         yield peer
 
 
-def test_a_failing_request_s_point_has_error_type_and_url_scheme(receiver: OtlpReceiver, tmp_path: Path) -> None:
+def test_a_failing_request_s_point_has_error_type_and_url_scheme(receiver: OtlpHttpReceiver, tmp_path: Path) -> None:
     config = ObservabilityConfig(
         metrics=MetricsConfig(sink=str(tmp_path / "m.jsonl")),
         tracing=TracingConfig(otlp_endpoint=receiver.endpoint, shutdown_timeout=10.0),

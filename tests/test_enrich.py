@@ -29,7 +29,7 @@ from litestar_omnii_obs import (
     TracingConfig,
 )
 from tests.conftest import read_lines, serve
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 
@@ -78,12 +78,14 @@ def _config(sink: Path, endpoint: str, dsn: str | None = None, **fields: Any) ->
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as peer:
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    with OtlpHttpReceiver() as peer:
         yield peer
 
 
-def test_enrich_sees_the_authenticated_user_and_never_overwrites_the_app(receiver: OtlpReceiver, sink: Path) -> None:
+def test_enrich_sees_the_authenticated_user_and_never_overwrites_the_app(
+    receiver: OtlpHttpReceiver, sink: Path
+) -> None:
     with SentryIngest() as ingest:
         app = Litestar(
             [me, crash],
@@ -116,7 +118,7 @@ def test_enrich_sees_the_authenticated_user_and_never_overwrites_the_app(receive
 
 
 def test_enrich_that_raises_is_logged_once_and_never_reaches_the_response(
-    receiver: OtlpReceiver, sink: Path, obs_log: list[logging.LogRecord]
+    receiver: OtlpHttpReceiver, sink: Path, obs_log: list[logging.LogRecord]
 ) -> None:
     def broken(request: Request[Any, Any, Any]) -> Mapping[str, str]:
         raise KeyError("tenant")

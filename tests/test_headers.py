@@ -17,7 +17,8 @@ from litestar.params import FromPath
 
 from litestar_omnii_obs import ConfigError, MetricsConfig, ObservabilityConfig, ObservabilityPlugin, TracingConfig
 from tests.conftest import serve
-from tests.peers.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.peers.decode import ReceivedSpan
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 REQUEST = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"
@@ -30,8 +31,8 @@ INTERNAL = "internal-secret-4713"
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as peer:
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    with OtlpHttpReceiver() as peer:
         yield peer
 
 
@@ -56,7 +57,7 @@ def env_config(endpoint: str, sink: Path, **variables: str) -> ObservabilityConf
     )
 
 
-def served_span(config: ObservabilityConfig, receiver: OtlpReceiver, path: str, headers: Any) -> ReceivedSpan:
+def served_span(config: ObservabilityConfig, receiver: OtlpHttpReceiver, path: str, headers: Any) -> ReceivedSpan:
     app = Litestar(route_handlers=[order], plugins=[ObservabilityPlugin(config)])
     with serve(app) as url, httpx.Client(base_url=url) as client:
         response = client.get(path, headers=headers)
@@ -80,7 +81,7 @@ CALLER_HEADERS = [
 ]
 
 
-def test_request_and_response_headers_by_the_standard_variables(receiver: OtlpReceiver, sink: Path) -> None:
+def test_request_and_response_headers_by_the_standard_variables(receiver: OtlpHttpReceiver, sink: Path) -> None:
     config = env_config(
         receiver.endpoint,
         sink,
@@ -107,7 +108,7 @@ def test_request_and_response_headers_by_the_standard_variables(receiver: OtlpRe
         assert secret not in everything
 
 
-def test_config_fields_do_the_same_in_code(receiver: OtlpReceiver, sink: Path) -> None:
+def test_config_fields_do_the_same_in_code(receiver: OtlpHttpReceiver, sink: Path) -> None:
     config = ObservabilityConfig(
         environment="test",
         metrics=MetricsConfig(sink=str(sink)),
@@ -125,7 +126,7 @@ def test_config_fields_do_the_same_in_code(receiver: OtlpReceiver, sink: Path) -
     }
 
 
-def test_a_request_no_route_matched_has_its_headers_too(receiver: OtlpReceiver, sink: Path) -> None:
+def test_a_request_no_route_matched_has_its_headers_too(receiver: OtlpHttpReceiver, sink: Path) -> None:
     config = env_config(receiver.endpoint, sink, **{REQUEST: "x-tenant", RESPONSE: "content-type"})
     span = served_span(config, receiver, "/nowhere", [("X-Tenant", "acme")])
     assert span.attributes["http.response.status_code"] == 404
@@ -135,13 +136,13 @@ def test_a_request_no_route_matched_has_its_headers_too(receiver: OtlpReceiver, 
     }
 
 
-def test_without_the_variables_no_header_is_captured(receiver: OtlpReceiver, sink: Path) -> None:
+def test_without_the_variables_no_header_is_captured(receiver: OtlpHttpReceiver, sink: Path) -> None:
     span = served_span(env_config(receiver.endpoint, sink), receiver, "/orders/7", CALLER_HEADERS)
     assert captured(span) == {}
 
 
 def test_only_recorded_spans_carry_headers_and_dropped_requests_still_succeed(
-    receiver: OtlpReceiver, sink: Path
+    receiver: OtlpHttpReceiver, sink: Path
 ) -> None:
     config = env_config(
         receiver.endpoint,
@@ -164,7 +165,7 @@ def test_only_recorded_spans_carry_headers_and_dropped_requests_still_succeed(
     assert dropped not in {s.trace_id for s in receiver.spans()}
 
 
-def test_the_sdk_span_path_captures_the_same(receiver: OtlpReceiver, sink: Path) -> None:
+def test_the_sdk_span_path_captures_the_same(receiver: OtlpHttpReceiver, sink: Path) -> None:
     """With sentry-sdk's span processor the server span is the OpenTelemetry SDK's own ``Span``."""
     with SentryIngest() as ingest:
         config = env_config(

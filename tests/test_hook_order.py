@@ -28,7 +28,7 @@ from litestar_omnii_obs import (
     capture_error,
 )
 from tests.conftest import serve
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 BEARER = "bearer-secret-7001"
@@ -219,7 +219,7 @@ def test_before_send_transaction_is_chained_the_same_way(ingest: SentryIngest, s
         event.setdefault("tags", {})["kind"] = "kept"
         return event
 
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         tracing = TracingConfig(otlp_endpoint=receiver.endpoint, shutdown_timeout=3.0)
         config = config_for(
             ingest.dsn,

@@ -100,3 +100,14 @@ def test_a_target_taking_every_span_reuses_the_whole_request() -> None:
     assert batch.request(None) is whole
     assert ExportTraceServiceRequest.FromString(whole) == sdk_encode(spans)
     assert whole == encode_spans(spans)
+
+
+def test_attribute_values_that_compare_equal_keep_their_own_encoding() -> None:
+    """(1,) == (1.0,), True == 1 and 0.0 == -0.0, but each has its own bytes on the wire."""
+    provider = TracerProvider()
+    spans = []
+    for value in [(1,), (1.0,), True, 1, 0.0, -0.0, [2], [2.0]]:
+        span = provider.get_tracer("t").start_span("s", attributes={"k": value})
+        span.end()
+        spans.append(span)
+    assert ExportTraceServiceRequest.FromString(encode_spans(spans)) == sdk_encode(spans)

@@ -16,7 +16,6 @@ from email.utils import formatdate
 
 import grpc
 import pytest
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -29,14 +28,9 @@ from sentry_sdk.consts import EndpointType
 from sentry_sdk.utils import Dsn
 
 from litestar_omnii_obs._internal.health import parse_retry_after, sentry_rate_limit
-from litestar_omnii_obs._internal.otlp import (
-    HTTP_EXTRA_HINT,
-    CollectorTarget,
-    FanOutSpanExporter,
-    SentryTarget,
-    build_metric_exporter,
-    signal_url,
-)
+from litestar_omnii_obs._internal.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, signal_url
+from litestar_omnii_obs._internal.otlp.metrics import GRPC_EXTRA_HINT, OtlpMetricExporter, build_metric_exporter
+from litestar_omnii_obs._internal.otlp.transports import partial_success, retry_delay
 from tests.conftest import free_port, wait_until
 from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver
@@ -216,7 +210,7 @@ def test_sentry_rate_zero_sends_nothing_and_one_sends_everything(
     grpc_collector: OtlpReceiver, ingest: SentryIngest, rate: float, expect_all: bool
 ) -> None:
     exporter = FanOutSpanExporter(
-        [CollectorTarget(grpc_collector.endpoint), SentryTarget.from_dsn(ingest.dsn, rate=rate)]
+        [CollectorTarget(grpc_collector.endpoint, protocol="grpc"), SentryTarget.from_dsn(ingest.dsn, rate=rate)]
     )
     spans = make_spans(traces=20)
     assert exporter.export(spans) is SpanExportResult.SUCCESS
@@ -232,7 +226,7 @@ def test_a_failing_sentry_does_not_make_the_collector_look_failed(
 ) -> None:
     ingest.status = 500
     sentry = SentryTarget.from_dsn(ingest.dsn, rate=1.0, **SLOW)
-    exporter = FanOutSpanExporter([CollectorTarget(grpc_collector.endpoint), sentry])
+    exporter = FanOutSpanExporter([CollectorTarget(grpc_collector.endpoint, protocol="grpc"), sentry])
     for _ in range(3):
         assert exporter.export(make_spans()) is SpanExportResult.SUCCESS
     assert len(grpc_collector.wait_for_spans(6)) == 6
@@ -305,7 +299,7 @@ def test_spans_a_collector_refuses_are_counted_and_logged_once(
 def test_grpc_collector_restart_is_reached_again(
     grpc_collector: OtlpReceiver, obs_log: list[logging.LogRecord]
 ) -> None:
-    exporter = FanOutSpanExporter([CollectorTarget(grpc_collector.endpoint, timeout=2.0, **FAST)])
+    exporter = FanOutSpanExporter([CollectorTarget(grpc_collector.endpoint, protocol="grpc", timeout=2.0, **FAST)])
     assert exporter.export(make_spans()) is SpanExportResult.SUCCESS
     grpc_collector.stop()
     assert wait_until(lambda: exporter.export(make_spans()) is SpanExportResult.FAILURE)
@@ -403,7 +397,7 @@ def test_http_429_retry_after_stops_sending_for_the_window(
 # Waits out a real peer's timing (seconds): a slow real-server test, run by `make test`, not `make test-fast`.
 @pytest.mark.reliability
 def test_grpc_resource_exhausted_retry_info_is_honoured(grpc_collector: OtlpReceiver) -> None:
-    target = CollectorTarget(grpc_collector.endpoint, **FAST)
+    target = CollectorTarget(grpc_collector.endpoint, protocol="grpc", **FAST)
     exporter = FanOutSpanExporter([target])
     grpc_collector.fail_with(grpc.StatusCode.RESOURCE_EXHAUSTED, times=1, retry_delay=2.0)
     assert exporter.export(make_spans()) is SpanExportResult.FAILURE
@@ -420,7 +414,7 @@ def test_sentry_rate_limits_header_stops_spans_for_its_window(
 ) -> None:
     ingest.status, ingest.retry_after, ingest.rate_limits = 429, None, "2:span;transaction:organization:quota"
     sentry = SentryTarget.from_dsn(ingest.dsn, rate=1.0, **FAST)
-    exporter = FanOutSpanExporter([CollectorTarget(grpc_collector.endpoint), sentry])
+    exporter = FanOutSpanExporter([CollectorTarget(grpc_collector.endpoint, protocol="grpc"), sentry])
     assert exporter.export(make_spans()) is SpanExportResult.SUCCESS  # the collector decides
     assert sentry.health.pause_remaining() > 0.5
     for _ in range(4):
@@ -515,7 +509,7 @@ def test_grpc_endpoint_credentials_are_sent_as_basic_authorization(grpc_collecto
 
 
 def test_shutdown_closes_and_later_exports_fail_without_sending(grpc_collector: OtlpReceiver) -> None:
-    exporter = FanOutSpanExporter([CollectorTarget(grpc_collector.endpoint)])
+    exporter = FanOutSpanExporter([CollectorTarget(grpc_collector.endpoint, protocol="grpc")])
     assert exporter.export(make_spans()) is SpanExportResult.SUCCESS
     assert exporter.force_flush()
     exporter.shutdown()
@@ -543,7 +537,6 @@ def _export_one_metric(exporter: object) -> None:
 def test_metric_exporter_over_grpc(grpc_collector: OtlpReceiver) -> None:
     url = f"http://alice:s3cr3t@127.0.0.1:{grpc_collector.port}"
     exporter = build_metric_exporter(url, "grpc", {"X-Api-Key": "m1"}, 5.0)
-    assert isinstance(exporter, GrpcMetricExporter)
     _export_one_metric(exporter)
     point = grpc_collector.wait_for_metric("omnii.test.count")[0]
     assert (point.value, point.attributes) == (3, {"k": "v"})
@@ -552,10 +545,7 @@ def test_metric_exporter_over_grpc(grpc_collector: OtlpReceiver) -> None:
 
 
 def test_metric_exporter_over_http(http_collector: OtlpHttpReceiver) -> None:
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
-
     exporter = build_metric_exporter(http_collector.endpoint, "http/protobuf", {"X-Api-Key": "m2"}, 5.0)
-    assert isinstance(exporter, HttpMetricExporter)
     _export_one_metric(exporter)
     point = http_collector.wait_for_metric("omnii.test.count")[0]
     assert point.value == 3
@@ -570,8 +560,80 @@ def test_metric_exporter_uses_a_signal_specific_endpoint_as_is(http_collector: O
     assert http_collector.wait_for_metric("omnii.test.count")
 
 
-def test_http_metrics_without_the_extra_name_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.metric_exporter", None)
-    with pytest.raises(ImportError, match=r"litestar-omnii-obs\[http\]") as info:
-        build_metric_exporter("http://127.0.0.1:4318", "http/protobuf", None, 5.0)
-    assert HTTP_EXTRA_HINT in str(info.value)
+def test_grpc_without_grpcio_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "grpc", None)  # as in an install without the grpc extra
+    monkeypatch.delitem(sys.modules, "litestar_omnii_obs._internal.otlp.grpc_transport", raising=False)
+    with pytest.raises(ImportError, match=r"litestar-omnii-obs\[grpc\]") as info:
+        build_metric_exporter("http://127.0.0.1:4317", "grpc", None, 5.0)
+    assert GRPC_EXTRA_HINT in str(info.value)
+    with pytest.raises(ImportError, match=r"litestar-omnii-obs\[grpc\]"):
+        CollectorTarget("http://127.0.0.1:4317", protocol="grpc")
+
+
+# --------------------------------------------------------------------------- answers, read without protobuf
+
+
+def test_partial_success_and_retry_info_are_read_as_protobuf_writes_them() -> None:
+    from google.protobuf.duration_pb2 import Duration
+    from google.rpc.error_details_pb2 import RetryInfo
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsPartialSuccess,
+        ExportMetricsServiceResponse,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTracePartialSuccess,
+        ExportTraceServiceResponse,
+    )
+
+    traces = ExportTraceServiceResponse(
+        partial_success=ExportTracePartialSuccess(rejected_spans=300, error_message="too old: é")
+    )
+    metrics = ExportMetricsServiceResponse(partial_success=ExportMetricsPartialSuccess(rejected_data_points=2))
+    assert partial_success(traces.SerializeToString()) == (300, "too old: é")
+    assert partial_success(metrics.SerializeToString()) == (2, "")
+    assert partial_success(ExportTraceServiceResponse().SerializeToString()) == (0, "")
+    assert partial_success(b"<html>502 Bad Gateway</html>") == (0, "")  # a proxy's page: nothing learnt
+    assert partial_success(b"\x0a\x05\x08") == (0, "")  # truncated
+    info = RetryInfo(retry_delay=Duration(seconds=3, nanos=500_000_000)).SerializeToString()
+    assert retry_delay(info) == 3.5
+    assert retry_delay(b"") is None
+    assert retry_delay(b"\xff") is None
+
+
+# --------------------------------------------------------------------------- metric temporality
+
+
+@pytest.mark.parametrize("preference", ["cumulative", "delta", "lowmemory"])
+@pytest.mark.parametrize("histograms", ["explicit_bucket_histogram", "base2_exponential_bucket_histogram"])
+def test_metric_preferences_are_the_sdk_exporters_for_the_same_variables(
+    preference: str, histograms: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as SdkExporter
+
+    from litestar_omnii_obs._internal.otlp.metrics import metric_preferences
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", preference.upper())
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION", histograms)
+    sdk = SdkExporter(endpoint="http://127.0.0.1:9", insecure=True)
+    try:
+        ours = OtlpMetricExporter(
+            CollectorTarget("http://127.0.0.1:9").transport, **metric_preferences(preference, histograms)
+        )
+        assert ours._preferred_temporality == sdk._preferred_temporality
+        assert {k: type(v) for k, v in ours._preferred_aggregation.items()} == {
+            k: type(v) for k, v in sdk._preferred_aggregation.items()
+        }
+    finally:
+        sdk.shutdown(timeout_millis=100)
+
+
+def test_delta_points_not_sent_to_a_dead_collector_are_counted_lost() -> None:
+    from litestar_omnii_obs._internal.otlp.metrics import metric_preferences
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    exporter = build_metric_exporter(dead, timeout=1.0, **metric_preferences("delta", "explicit_bucket_histogram"))
+    _export_one_metric(exporter)  # the export at shutdown fails: its delta points are gone
+    assert exporter.health.dropped == 1
+    cumulative = build_metric_exporter(dead, timeout=1.0)
+    _export_one_metric(cumulative)
+    assert cumulative.health.dropped == 0  # cumulative points: the next accepted export carries them

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
+
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,3 +120,28 @@ def test_the_wheel_installs_into_a_fresh_venv_and_an_app_writes_its_latency_line
     )
     settings = {item["name"]: item for item in shown["config"]}
     assert settings["metrics.sink"]["source"] == "default"
+
+    # Installed without extras: no gRPC and no protobuf, yet spans and metrics reach a collector over
+    # http/protobuf (the default), and asking for gRPC stops the start-up naming the variable and the extra.
+    found = run(
+        python,
+        "-c",
+        "import importlib.util as u; print([m for m in ('grpc', 'google') if u.find_spec(m)])",
+        cwd=tmp_path,
+        env=clean_environment(),
+        timeout=60,
+    )
+    assert found.strip() == "[]"
+    with OtlpHttpReceiver() as collector:
+        env = clean_environment() | {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
+        run(python, "tiny_app.py", cwd=tmp_path, env=env, timeout=60)
+        [span] = collector.wait_for_spans(1)
+        assert collector.wait_for_metric("http.server.request.duration")
+    assert span.name == "GET /users/{user_id}"
+    env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+    failed = subprocess.run(
+        [str(python), "tiny_app.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert failed.returncode != 0
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in failed.stderr
+    assert "litestar-omnii-obs[grpc]" in failed.stderr, failed.stderr[-2000:]

@@ -30,7 +30,7 @@ from litestar_omnii_obs import (
     TracingConfig,
 )
 from tests.conftest import read_lines, serve
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 SAMPLED_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -100,8 +100,8 @@ def _config(sink: Path, endpoint: str | None = None, **fields: Any) -> Observabi
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as peer:
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    with OtlpHttpReceiver() as peer:
         yield peer
 
 
@@ -109,7 +109,7 @@ def _routes(lines: list[dict[str, Any]]) -> list[str]:
     return sorted(line["route"] for line in lines if line["metric"] == "api_latency")
 
 
-def test_opt_policy_is_inherited_and_gates_line_histogram_and_span(receiver: OtlpReceiver, sink: Path) -> None:
+def test_opt_policy_is_inherited_and_gates_line_histogram_and_span(receiver: OtlpHttpReceiver, sink: Path) -> None:
     config = _config(sink, receiver.endpoint, sentry={"traces_sample_rate": 0.0})  # no trace sampled by default
     app = Litestar([Accounts, untraced, off, plain], plugins=[ObservabilityPlugin(config)])
     with serve(app) as url, httpx.Client(base_url=url) as client:
@@ -133,7 +133,7 @@ def test_opt_policy_is_inherited_and_gates_line_histogram_and_span(receiver: Otl
 
 
 def test_exclude_routes_by_template_and_a_template_no_route_has_is_warned(
-    receiver: OtlpReceiver, sink: Path, obs_log: list[logging.LogRecord]
+    receiver: OtlpHttpReceiver, sink: Path, obs_log: list[logging.LogRecord]
 ) -> None:
     config = _config(sink, receiver.endpoint, latency={"exclude_routes": ("/probe", "/no-such-route")})
     app = Litestar([probe, plain], plugins=[ObservabilityPlugin(config)])
@@ -222,7 +222,7 @@ def test_sentry_statuses_per_route(sink: Path) -> None:
     assert [e["transaction"] for e in events] == ["GET /boom"]
 
 
-def test_traces_sampler_sees_the_route_and_its_rate_decides_by_trace_id(receiver: OtlpReceiver, sink: Path) -> None:
+def test_traces_sampler_sees_the_route_and_its_rate_decides_by_trace_id(receiver: OtlpHttpReceiver, sink: Path) -> None:
     seen: list[SamplingContext] = []
 
     def sampler(context: SamplingContext) -> float | bool:
@@ -249,7 +249,7 @@ def test_traces_sampler_sees_the_route_and_its_rate_decides_by_trace_id(receiver
 
 
 def test_a_sampler_that_raises_is_logged_once_and_the_configured_rule_decides(
-    receiver: OtlpReceiver, sink: Path, obs_log: list[logging.LogRecord]
+    receiver: OtlpHttpReceiver, sink: Path, obs_log: list[logging.LogRecord]
 ) -> None:
     def sampler(context: SamplingContext) -> float:
         raise LookupError("no rule for " + str(context.route))
@@ -266,7 +266,7 @@ def test_a_sampler_that_raises_is_logged_once_and_the_configured_rule_decides(
 
 @pytest.mark.parametrize("verdict", [None, float("nan"), "yes"])
 def test_a_sampler_that_returns_no_rate_is_logged_once_and_the_configured_rule_decides(
-    receiver: OtlpReceiver, sink: Path, obs_log: list[logging.LogRecord], verdict: object
+    receiver: OtlpHttpReceiver, sink: Path, obs_log: list[logging.LogRecord], verdict: object
 ) -> None:
     def sampler(context: SamplingContext) -> Any:
         return verdict
@@ -282,7 +282,7 @@ def test_a_sampler_that_returns_no_rate_is_logged_once_and_the_configured_rule_d
     assert len(failures) == 1
 
 
-def test_dropped_requests_that_fail_or_are_slow_keep_their_server_span(receiver: OtlpReceiver, sink: Path) -> None:
+def test_dropped_requests_that_fail_or_are_slow_keep_their_server_span(receiver: OtlpHttpReceiver, sink: Path) -> None:
     config = _config(
         sink, receiver.endpoint, sentry={"traces_sample_rate": 0.0}, tracing={"keep_slower_than_ms": 100.0}
     )
@@ -313,7 +313,7 @@ def test_dropped_requests_that_fail_or_are_slow_keep_their_server_span(receiver:
     ]
 
 
-def test_keeping_can_be_turned_off(receiver: OtlpReceiver, sink: Path) -> None:
+def test_keeping_can_be_turned_off(receiver: OtlpHttpReceiver, sink: Path) -> None:
     config = _config(
         sink, receiver.endpoint, sentry={"traces_sample_rate": 0.0}, tracing={"keep_statuses": frozenset()}
     )

@@ -23,7 +23,7 @@ from litestar_omnii_obs import (
     timed_operation,
 )
 from tests.conftest import read_lines, serve
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 
 
 @get("/work/{n:int}")
@@ -83,7 +83,7 @@ async def test_three_apps_concurrently_in_one_event_loop(tmp_path: Path) -> None
 
 def test_one_app_stopping_leaves_the_other_working(tmp_path: Path) -> None:
     sink_a, sink_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         app_a, _ = make_app("a", sink_a, receiver.endpoint)
         app_b, plugin_b = make_app("b", sink_b, receiver.endpoint)
         with TestClient(app_b) as client_b:
@@ -110,7 +110,7 @@ def test_one_app_stopping_leaves_the_other_working(tmp_path: Path) -> None:
 
 
 def test_an_app_started_after_another_stopped_starts_fresh(tmp_path: Path, obs_log: list[logging.LogRecord]) -> None:
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         for name in ("first", "second", "third"):
             app, _ = make_app(name, tmp_path / f"{name}.jsonl", receiver.endpoint)
             with serve(app) as url:

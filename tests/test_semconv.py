@@ -31,7 +31,7 @@ except ImportError:  # the lowest supported OpenTelemetry: still incubating
 from litestar_omnii_obs import ObservabilityConfig, ObservabilityPlugin, TracingConfig
 from litestar_omnii_obs._internal.attributes import KNOWN_METHODS
 from litestar_omnii_obs.testing import ObservabilityCapture
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 
 
 def _names(*modules: types.ModuleType) -> set[str]:
@@ -103,7 +103,7 @@ def test_server_span_attributes_are_semantic_conventions(obs_capture: Observabil
 
 @pytest.mark.timeout(60)
 def test_request_duration_points_are_semantic_conventions(tmp_path: Path) -> None:
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         config = ObservabilityConfig(tracing=TracingConfig(otlp_endpoint=receiver.endpoint, shutdown_timeout=3.0))
         with TestClient(app(config)) as client:
             client.get("/users/7")

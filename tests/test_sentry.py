@@ -30,7 +30,7 @@ from litestar_omnii_obs import (
     timed_operation,
 )
 from tests.conftest import free_port, serve
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 SECRETS = {
@@ -302,7 +302,7 @@ def test_no_duplicate_when_the_user_also_initialised_sentry(ingest: SentryIngest
 
 
 def test_performance_data_goes_to_sentrys_otlp_endpoint_from_the_same_spans(ingest: SentryIngest, sink: Path) -> None:
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         tracing = TracingConfig(otlp_endpoint=receiver.endpoint)
         app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=1.0, tracing=tracing))
         with serve(app) as url, httpx.Client(base_url=url) as client:
@@ -319,7 +319,7 @@ def test_performance_data_goes_to_sentrys_otlp_endpoint_from_the_same_spans(inge
 
 
 def test_error_event_links_to_the_span_that_was_current(ingest: SentryIngest, sink: Path) -> None:
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         tracing = TracingConfig(otlp_endpoint=receiver.endpoint)
         app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=1.0, tracing=tracing))
         with serve(app) as url:
@@ -336,7 +336,7 @@ def test_a_joined_trace_reaches_sentry_whole_and_its_error_carries_the_same_trac
 ) -> None:
     caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     headers = {"traceparent": f"00-{caller_trace}-{caller_span}-01"}
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         tracing = TracingConfig(otlp_endpoint=receiver.endpoint)
         app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=1.0, tracing=tracing))
         with serve(app) as url, httpx.Client(base_url=url, headers=headers) as client:
@@ -359,7 +359,7 @@ def test_a_joined_trace_reaches_sentry_whole_and_its_error_carries_the_same_trac
 def test_an_explicit_sampler_rules_the_collector_and_sentry_keeps_its_share(ingest: SentryIngest, sink: Path) -> None:
     from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         tracing = TracingConfig(otlp_endpoint=receiver.endpoint, sampler="always_on")
         app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=0.1, tracing=tracing))
         with serve(app) as url, httpx.Client(base_url=url) as client:
@@ -375,7 +375,7 @@ def test_an_explicit_sampler_rules_the_collector_and_sentry_keeps_its_share(inge
 
 
 def test_the_span_processor_path_still_works_when_chosen(ingest: SentryIngest, sink: Path) -> None:
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         tracing = TracingConfig(otlp_endpoint=receiver.endpoint)
         app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=1.0, traces="sdk", tracing=tracing))
         with serve(app) as url, httpx.Client(base_url=url) as client:
@@ -389,7 +389,7 @@ def test_the_span_processor_path_still_works_when_chosen(ingest: SentryIngest, s
 
 
 def test_sentry_traces_off_sends_errors_only(ingest: SentryIngest, sink: Path) -> None:
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         tracing = TracingConfig(otlp_endpoint=receiver.endpoint)
         app = app_with(config_for(ingest.dsn, sink, traces_sample_rate=1.0, traces="off", tracing=tracing))
         with serve(app) as url, httpx.Client(base_url=url) as client:

@@ -37,7 +37,7 @@ from litestar_omnii_obs import (
 )
 from litestar_omnii_obs.testing import ObservabilityCapture
 from tests.conftest import read_lines
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 pytest_plugins = ["pytester"]
@@ -272,9 +272,9 @@ def shipped_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def production_shell(
     monkeypatch: pytest.MonkeyPatch, shipped_file: Path
-) -> Iterator[tuple[SentryIngest, OtlpReceiver]]:
+) -> Iterator[tuple[SentryIngest, OtlpHttpReceiver]]:
     """The variables of a production shell, pointing at a real Sentry ingest and a real collector on 127.0.0.1."""
-    with SentryIngest() as ingest, OtlpReceiver() as collector:
+    with SentryIngest() as ingest, OtlpHttpReceiver() as collector:
         monkeypatch.setenv("APP_ENV", "production")
         monkeypatch.setenv("SENTRY_DSN", ingest.dsn)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
@@ -293,7 +293,7 @@ def run_app_from_the_environment() -> None:
 
 
 def test_without_obs_capture_these_variables_reach_the_peers(
-    production_shell: tuple[SentryIngest, OtlpReceiver], shipped_file: Path, monkeypatch: pytest.MonkeyPatch
+    production_shell: tuple[SentryIngest, OtlpHttpReceiver], shipped_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The control for the test below: the same shell sends to both peers when nothing captures.
     monkeypatch.setenv("SENTRY_TRACES_SAMPLE_RATE", "1.0")
@@ -307,7 +307,7 @@ def test_without_obs_capture_these_variables_reach_the_peers(
 
 
 def test_nothing_leaves_the_process_whatever_the_shell_holds(
-    production_shell: tuple[SentryIngest, OtlpReceiver],
+    production_shell: tuple[SentryIngest, OtlpHttpReceiver],
     shipped_file: Path,
     obs_capture: ObservabilityCapture,
     capsys: pytest.CaptureFixture[str],
@@ -327,7 +327,7 @@ def test_nothing_leaves_the_process_whatever_the_shell_holds(
 
 
 def test_every_span_is_recorded_in_a_production_shell(
-    production_shell: tuple[SentryIngest, OtlpReceiver], obs_capture: ObservabilityCapture
+    production_shell: tuple[SentryIngest, OtlpHttpReceiver], obs_capture: ObservabilityCapture
 ) -> None:
     # APP_ENV=production samples 10% of traces; all 22 by chance would be one in 10**22.
     run_app_from_the_environment()
@@ -592,7 +592,7 @@ def test_spans_are_captured_when_the_app_installed_its_own_tracer_provider(user_
 def test_a_users_client_fixture_listed_first_sees_every_span_in_a_production_shell(
     user_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with SentryIngest() as ingest, OtlpReceiver() as collector:
+    with SentryIngest() as ingest, OtlpHttpReceiver() as collector:
         monkeypatch.setenv("APP_ENV", "production")
         monkeypatch.setenv("SENTRY_DSN", ingest.dsn)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)

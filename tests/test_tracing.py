@@ -28,6 +28,7 @@ from litestar_omnii_obs import (
     timed_operation,
 )
 from tests.conftest import free_port, read_lines, serve
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -35,8 +36,8 @@ CALLER_SPAN = "b7ad6b7169203331"
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as peer:
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    with OtlpHttpReceiver() as peer:
         yield peer
 
 
@@ -80,7 +81,7 @@ def app_with(config: ObservabilityConfig) -> Litestar:
     return Litestar(route_handlers=[get_user, crash, health, graph], plugins=[ObservabilityPlugin(config)])
 
 
-def test_one_server_span_per_request_joined_to_the_callers_trace(receiver: OtlpReceiver, sink: Path) -> None:
+def test_one_server_span_per_request_joined_to_the_callers_trace(receiver: OtlpHttpReceiver, sink: Path) -> None:
     app = app_with(config_for(receiver.endpoint, sink))
     traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
     with serve(app) as url:
@@ -120,7 +121,7 @@ def test_one_server_span_per_request_joined_to_the_callers_trace(receiver: OtlpR
     assert (line["trace_id"], line["span_id"]) == (CALLER_TRACE, span.span_id)
 
 
-def test_404_500_excluded_and_malformed_traceparent(receiver: OtlpReceiver, sink: Path) -> None:
+def test_404_500_excluded_and_malformed_traceparent(receiver: OtlpHttpReceiver, sink: Path) -> None:
     app = app_with(config_for(receiver.endpoint, sink))
     with serve(app) as url, httpx.Client(base_url=url) as client:
         missing = client.get("/nope", headers={"traceparent": "00-zzzz-not-valid-01"})
@@ -147,7 +148,7 @@ def test_404_500_excluded_and_malformed_traceparent(receiver: OtlpReceiver, sink
 
 
 def test_user_spans_and_timed_operations_nest_under_the_request_span(
-    receiver: OtlpReceiver, sink: Path, caplog: pytest.LogCaptureFixture
+    receiver: OtlpHttpReceiver, sink: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     records: list[logging.LogRecord] = []
 
@@ -173,7 +174,7 @@ def test_user_spans_and_timed_operations_nest_under_the_request_span(
     assert record.span_id == spans["user-span"].span_id  # type: ignore[attr-defined]
 
 
-def test_request_and_operation_durations_are_exported_as_otlp_metrics(receiver: OtlpReceiver, sink: Path) -> None:
+def test_request_and_operation_durations_are_exported_as_otlp_metrics(receiver: OtlpHttpReceiver, sink: Path) -> None:
     app = app_with(config_for(receiver.endpoint, sink))
     with serve(app) as url, httpx.Client(base_url=url) as client:
         for i in range(3):
@@ -214,7 +215,7 @@ def test_a_traces_only_backend_gets_every_span_and_the_metrics_warning_says_why_
 ) -> None:
     # Jaeger, Tempo or Phoenix over gRPC: no metrics service, so a metric export is answered UNIMPLEMENTED.
     with OtlpReceiver(metrics=False) as traces_only:
-        app = app_with(config_for(traces_only.endpoint, sink))
+        app = app_with(config_for(traces_only.endpoint, sink, otlp_protocol="grpc"))
         with serve(app) as url, httpx.Client(base_url=url) as client:
             statuses = [client.get(f"/users/{i}").status_code for i in range(5)]
         spans = traces_only.spans()
@@ -223,7 +224,7 @@ def test_a_traces_only_backend_gets_every_span_and_the_metrics_warning_says_why_
     [failing] = [
         r.getMessage() for r in obs_log if "metric export" in r.getMessage() and "is failing" in r.getMessage()
     ]
-    assert "(UNIMPLEMENTED)" in failing
+    assert "(gRPC UNIMPLEMENTED)" in failing
     assert "set OTEL_METRICS_EXPORTER=none" in failing
     assert not [r for r in obs_log if "trace export" in r.getMessage() and "is failing" in r.getMessage()]
 
@@ -233,7 +234,12 @@ def test_with_metrics_turned_off_a_traces_only_backend_gets_no_metric_export(
 ) -> None:
     with OtlpReceiver(metrics=False) as traces_only:
         config = ObservabilityConfig.from_env(
-            {"OTEL_EXPORTER_OTLP_ENDPOINT": traces_only.endpoint, "OTEL_METRICS_EXPORTER": "none", "APP_ENV": "test"},
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": traces_only.endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_METRICS_EXPORTER": "none",
+                "APP_ENV": "test",
+            },
             metrics=MetricsConfig(sink=str(sink), flush_interval=0.01),
         )
         with serve(app_with(config)) as url, httpx.Client(base_url=url) as client:
@@ -247,7 +253,7 @@ def test_with_metrics_turned_off_a_traces_only_backend_gets_no_metric_export(
 def test_export_resumes_when_the_collector_comes_back(sink: Path, obs_log: list[logging.LogRecord]) -> None:
     port = free_port()
     receiver = OtlpReceiver(port=port).start()
-    plugin = ObservabilityPlugin(config_for(receiver.endpoint, sink, export_timeout=1.0))
+    plugin = ObservabilityPlugin(config_for(receiver.endpoint, sink, export_timeout=1.0, otlp_protocol="grpc"))
     app = Litestar(route_handlers=[get_user], plugins=[plugin])
     try:
         with serve(app) as url, httpx.Client(base_url=url) as client:
@@ -329,7 +335,7 @@ def test_an_application_provider_is_used_not_replaced(sink: Path) -> None:
 
 
 def test_sampled_out_requests_still_get_ids_and_records(
-    receiver: OtlpReceiver, sink: Path, monkeypatch: pytest.MonkeyPatch
+    receiver: OtlpHttpReceiver, sink: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")  # the config wins over os.environ
     app = app_with(config_for(receiver.endpoint, sink, sampler="always_off"))
@@ -340,7 +346,7 @@ def test_sampled_out_requests_still_get_ids_and_records(
     assert len(read_lines(sink)) == 5
 
 
-def test_tracing_can_be_turned_off(receiver: OtlpReceiver, sink: Path) -> None:
+def test_tracing_can_be_turned_off(receiver: OtlpHttpReceiver, sink: Path) -> None:
     app = app_with(config_for(receiver.endpoint, sink, enabled=False))
     with serve(app) as url:
         response = httpx.get(url + "/users/5")
@@ -350,7 +356,7 @@ def test_tracing_can_be_turned_off(receiver: OtlpReceiver, sink: Path) -> None:
 
 
 def test_otel_resource_attributes_are_added(
-    receiver: OtlpReceiver, sink: Path, monkeypatch: pytest.MonkeyPatch
+    receiver: OtlpHttpReceiver, sink: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=from-os-environ")  # the config wins over os.environ
     attributes = (("team", "payments"), ("service.name", "ignored"))

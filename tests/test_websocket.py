@@ -27,7 +27,7 @@ from litestar_omnii_obs import (
 )
 from litestar_omnii_obs.testing import ObservabilityCapture
 from tests.conftest import read_lines
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 
@@ -64,7 +64,7 @@ def _config(sink: Path, endpoint: str, dsn: str | None) -> ObservabilityConfig:
 def test_each_connection_has_a_span_a_record_and_errors_are_reported_once(
     sink: Path, obs_log: list[logging.LogRecord]
 ) -> None:
-    with OtlpReceiver() as receiver, SentryIngest() as ingest:
+    with OtlpHttpReceiver() as receiver, SentryIngest() as ingest:
         app = Litestar(
             [echo, crash, refuse], plugins=[ObservabilityPlugin(_config(sink, receiver.endpoint, ingest.dsn))]
         )
@@ -112,7 +112,7 @@ def test_a_websocket_route_opted_out_is_not_observed(sink: Path) -> None:
         await socket.send_text("ok")
         await socket.close()
 
-    with OtlpReceiver() as receiver:
+    with OtlpHttpReceiver() as receiver:
         app = Litestar([quiet], plugins=[ObservabilityPlugin(_config(sink, receiver.endpoint, None))])
         with TestClient(app) as client, client.websocket_connect("/quiet") as socket:
             assert socket.receive_text() == "ok"

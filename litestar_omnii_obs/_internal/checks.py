@@ -63,7 +63,7 @@ _NO_ANSWER = "export failed (no answer in time)"
 
 
 class _ExporterErrors(logging.Handler):
-    """Keeps the OTLP exporter's last error per thread (the reason an export failed); prints nothing."""
+    """Keeps the last export failure our exporters logged, per thread (why the check failed); prints nothing."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -73,15 +73,7 @@ class _ExporterErrors(logging.Handler):
         if record.levelno >= logging.WARNING:
             message = record.getMessage()
             reason = re.search(r" is failing \((.*)\); ", message)
-            if reason:
-                self.last[record.thread] = reason.group(1)[:160]
-                return
-            code = re.search(r"StatusCode\.(\w+)", message)
-            details = re.search(r"[Ee]rror details: (.*)", message)
-            self.last[record.thread] = (
-                " ".join(part for part in (code.group(1) if code else "", details.group(1) if details else "") if part)
-                or message.splitlines()[0][:160]
-            )
+            self.last[record.thread] = (reason.group(1) if reason else message.splitlines()[0])[:160]
 
 
 @contextmanager
@@ -297,13 +289,11 @@ def check_pipes(config: ObservabilityConfig, timeout: float = DEFAULT_TIMEOUT) -
     The configured pipes run in parallel daemon threads, each bounded by ``timeout``; a pipe
     still busy a second after that is reported as failed, so the whole check is bounded.
     """
-    from litestar_omnii_obs._internal._compat import SDK_EXPORT_LOGGERS
-
     errors = _ExporterErrors()
     pipes = _pipes(config, timeout, errors)
     finished: dict[str, PipeResult] = {}
     threads = _check_threads(pipes, finished)
-    with _quiet_loggers((*SDK_EXPORT_LOGGERS, "litestar_omnii_obs"), errors):
+    with _quiet_loggers(("litestar_omnii_obs",), errors):
         for thread in threads.values():
             thread.start()
         deadline = time.monotonic() + timeout + 1.0

@@ -46,6 +46,8 @@ OtlpProtocol = Literal["grpc", "http/protobuf"]
 SentryTraces = Literal["otlp", "sdk", "off"]
 TracesExporter = Literal["otlp", "console", "none"]
 OtlpExporter = Literal["otlp", "none"]
+MetricsTemporality = Literal["cumulative", "delta", "lowmemory"]
+HistogramAggregation = Literal["explicit_bucket_histogram", "base2_exponential_bucket_histogram"]
 #: The environments the package knows; any other ``APP_ENV`` is treated as not production (one start-up warning).
 KNOWN_ENVIRONMENTS = ("production", "development", "test", "staging")
 #: OpenTelemetry's service name when none is set (``OTEL_SERVICE_NAME`` unset).
@@ -207,8 +209,9 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Traces endpoint used as is (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); ``None``: ``otlp_endpoint``."""
     otlp_metrics_endpoint: str | None = None
     """Metrics endpoint used as is (``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``); ``None``: ``otlp_endpoint``."""
-    otlp_protocol: OtlpProtocol = "grpc"
-    """``grpc`` or ``http/protobuf`` (``OTEL_EXPORTER_OTLP_PROTOCOL``)."""
+    otlp_protocol: OtlpProtocol = "http/protobuf"
+    """``http/protobuf`` (the OTLP default, port 4318) or ``grpc`` (port 4317, the ``grpc`` extra)
+    (``OTEL_EXPORTER_OTLP_PROTOCOL``)."""
     otlp_traces_protocol: OtlpProtocol | None = None
     """Protocol for traces (``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``); ``None``: ``otlp_protocol``."""
     otlp_metrics_protocol: OtlpProtocol | None = None
@@ -237,6 +240,12 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """``OTEL_TRACES_EXPORTER``: ``otlp`` sends spans to the traces endpoint; ``none`` sends none there
     (trace ids and ``X-Request-ID`` stay; Sentry's OTLP endpoint still gets its share); ``console``
     prints them to stderr when they do not go to a collector (as ``console=True``)."""
+    metrics_temporality: MetricsTemporality = "cumulative"
+    """``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``, as the SDK's OTLP exporters read it: ``delta``
+    and ``lowmemory`` export counters and histograms as deltas (an export that fails then loses them, counted)."""
+    metrics_histogram_aggregation: HistogramAggregation = "explicit_bucket_histogram"
+    """``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION`` for the SDK's histograms (the request
+    durations always use the semantic-convention buckets)."""
     metrics_exporter: tuple[OtlpExporter, ...] = ("otlp",)
     """``OTEL_METRICS_EXPORTER``: ``otlp`` exports metrics to the metrics endpoint; ``none`` builds no
     metric exporter at all (no ``MeterProvider``, no export, no export warnings)."""

@@ -3,7 +3,7 @@
 The SDK's ``Histogram.record`` costs 12-22 µs a call on the request path (attribute
 hashing, view matching, exemplar reservoirs); :class:`RequestDurations` keeps the same
 cumulative explicit-bucket histogram per attribute set for a deque append on the request
-(folded in by a background thread), and :class:`DurationsExporter` (in :mod:`.otlp.metrics`)
+(folded in by a background thread), and :class:`OtlpMetricExporter` (in :mod:`.otlp.metrics`)
 hands the points to the OTLP metric exporter each time the periodic reader exports. Series
 are capped like the SDK's own cardinality limit: past ``max_series`` attribute sets, points
 go to one overflow series (``otel.metric.overflow=true``).
@@ -24,9 +24,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import Metric
 
-    from litestar_omnii_obs._internal.otlp.metrics import DurationsExporter
 
-__all__ = ["HTTP_DURATION_BUCKETS", "DurationsExporter", "RequestDurations"]
+__all__ = ["HTTP_DURATION_BUCKETS", "RequestDurations"]
 
 #: Semantic-convention bucket boundaries for ``http.server.request.duration`` (seconds).
 HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -186,16 +185,3 @@ def _fold_periodically(ref: weakref.ref[RequestDurations], stop: threading.Event
             return
         durations.fold()
         del durations
-
-
-def __getattr__(name: str) -> Any:
-    """``DurationsExporter``, still importable from here, imported only when asked for.
-
-    It lives with the OTLP metric exporter in :mod:`.otlp.metrics`: it needs the SDK's metrics
-    package (about 15 ms to import), which an app without a metrics endpoint never loads.
-    """
-    if name == "DurationsExporter":
-        from litestar_omnii_obs._internal.otlp.metrics import DurationsExporter
-
-        return DurationsExporter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

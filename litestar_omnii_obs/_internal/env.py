@@ -22,6 +22,8 @@ import msgspec
 from litestar_omnii_obs._internal.attributes import check_trusted_proxies
 from litestar_omnii_obs._internal.config import (
     ConfigError,
+    HistogramAggregation,
+    MetricsTemporality,
     ObservabilityConfig,
     OtlpExporter,
     OtlpProtocol,
@@ -118,6 +120,12 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _lower_choice(*choices: str) -> Callable[[str], str]:
+    """One of ``choices``, in any case (as the SDK reads ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``)."""
+    exact = _choice(*choices)
+    return lambda value: exact(value.strip().lower())
 
 
 def _exporters(*choices: str) -> Callable[[str], tuple[str, ...]]:
@@ -341,6 +349,18 @@ VARIABLES: tuple[EnvVar, ...] = (
     EnvVar("OTEL_EXPORTER_OTLP_PROTOCOL", "tracing.otlp_protocol", _choice(*_PROTOCOLS), _PROTOCOL),
     EnvVar("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "tracing.otlp_traces_protocol", _choice(*_PROTOCOLS), _PROTOCOL),
     EnvVar("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "tracing.otlp_metrics_protocol", _choice(*_PROTOCOLS), _PROTOCOL),
+    EnvVar(
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        "tracing.metrics_temporality",
+        _lower_choice(*get_args(MetricsTemporality)),
+        "one of cumulative, delta, lowmemory (any case)",
+    ),
+    EnvVar(
+        "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+        "tracing.metrics_histogram_aggregation",
+        _choice(*get_args(HistogramAggregation)),
+        "one of explicit_bucket_histogram, base2_exponential_bucket_histogram",
+    ),
     EnvVar(
         "OTEL_EXPORTER_OTLP_HEADERS",
         "tracing.otlp_headers",

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -31,9 +33,9 @@ from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.trace import Span, SpanContext, SpanKind
 
 from litestar_omnii_obs._internal._bounded import run_bounded
-from litestar_omnii_obs._internal._compat import ExportLogFilter, follow_config_not_environ
+from litestar_omnii_obs._internal._compat import follow_config_not_environ
 from litestar_omnii_obs._internal.attributes import TrustedProxies
-from litestar_omnii_obs._internal.config import ConfigError, ObservabilityConfig, redact_url
+from litestar_omnii_obs._internal.config import ConfigError, ObservabilityConfig, TracingConfig, redact_url
 from litestar_omnii_obs._internal.durations import SCOPE, RequestDurations
 from litestar_omnii_obs._internal.records import GraphQueryMetric, MetricRecord, SyncMetric
 from litestar_omnii_obs._internal.sampling import PresetTraceIds, ServerSampling, new_span_id
@@ -45,12 +47,11 @@ if TYPE_CHECKING:
     # load only when the config exports (issue 22: an app without peers does not pay for them).
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from litestar_omnii_obs._internal.otlp import FanOutSpanExporter, Target
     from litestar_omnii_obs._internal.otlp.batcher import SpanBatcher
-    from litestar_omnii_obs._internal.otlp.metrics import DurationsExporter
+    from litestar_omnii_obs._internal.otlp.metrics import OtlpMetricExporter
 
 __all__ = [
     "Telemetry",
@@ -91,14 +92,13 @@ class Telemetry:
         self,
         config: ObservabilityConfig,
         tracer_provider: TracerProvider,
-        log_filter: ExportLogFilter,
         *,
         sampling: ServerSampling | None = None,
         meter_provider: MeterProvider | None = None,
         durations: RequestDurations | None = None,
         span_exporter: FanOutSpanExporter | None = None,
         batcher: SpanBatcher | None = None,
-        metric_exporter: DurationsExporter | None = None,
+        metric_exporter: OtlpMetricExporter | None = None,
         ids: PresetTraceIds | None = None,
         server_spans: ServerSpans | None = None,
         detachable: Sequence[_ForwardUntilStopped] = (),
@@ -108,7 +108,6 @@ class Telemetry:
         self.meter_provider = meter_provider
         #: Our sampling rule when the provider is ours (built from the config); ``None``: an app's own provider.
         self.sampling = sampling
-        self._log_filter = log_filter
         self.tracer = tracer_provider.get_tracer("litestar_omnii_obs")
         self.request_duration = durations
         self.records_metrics = meter_provider is not None and durations is not None
@@ -185,28 +184,23 @@ class Telemetry:
             self.request_duration.close()  # the final export folds what is left
         for processor in self.detachable:
             processor.active = False
-        try:
-            if self.sampling is not None:  # the provider is ours to shut down
+        if self.sampling is not None:  # the provider is ours to shut down
 
-                def work() -> None:
-                    self.tracer_provider.shutdown()
-                    if self.metric_exporter is not None:
-                        self.metric_exporter.final = True
-                    if self.meter_provider is not None:
-                        self.meter_provider.shutdown(timeout_millis=timeout * 1000)
+            def work() -> None:
+                self.tracer_provider.shutdown()
+                if self.metric_exporter is not None:
+                    self.metric_exporter.final = True
+                if self.meter_provider is not None:
+                    self.meter_provider.shutdown(timeout_millis=timeout * 1000)
 
-                if not await run_bounded(work, timeout, "otel-shutdown"):
-                    _logger.warning(
-                        "OpenTelemetry shutdown did not finish within %.1fs; unsent spans are dropped", timeout
-                    )
-                    if self.batcher is not None:
-                        self.batcher.abandon()  # what is still queued or on the wire is counted as lost
-            if self.span_exporter is not None:
-                self.span_exporter.report()
-            if self.metric_exporter is not None:
-                self.metric_exporter.health.report()
-        finally:
-            self._log_filter.remove()
+            if not await run_bounded(work, timeout, "otel-shutdown"):
+                _logger.warning("OpenTelemetry shutdown did not finish within %.1fs; unsent spans are dropped", timeout)
+                if self.batcher is not None:
+                    self.batcher.abandon()  # what is still queued or on the wire is counted as lost
+        if self.span_exporter is not None:
+            self.span_exporter.report()
+        if self.metric_exporter is not None:
+            self.metric_exporter.health.report()
 
 
 class _ForwardUntilStopped(SpanProcessor):
@@ -235,44 +229,90 @@ def build_span_exporter(config: ObservabilityConfig, sentry_dsn: str | None) -> 
     """One exporter for the collector (first: its result is the export's) and Sentry's OTLP endpoint."""
     tracing = config.tracing
     targets: list[Target] = []
-    # The OTLP package (transports, gRPC, protobuf) is imported only when there is a target to send to.
+    # The OTLP package (transports; gRPC only for grpc) is imported only when there is a target to send to.
     if tracing.traces_endpoint:
-        from litestar_omnii_obs._internal.otlp import CollectorTarget, FanOutSpanExporter
+        from litestar_omnii_obs._internal.otlp import CollectorTarget
 
-        targets.append(
-            CollectorTarget(
-                tracing.otlp_endpoint,
-                traces_endpoint=tracing.otlp_traces_endpoint,
-                protocol=tracing.otlp_traces_protocol or tracing.otlp_protocol,
-                headers=dict(tracing.otlp_headers),
-                timeout=tracing.export_timeout,
+        protocol = tracing.otlp_traces_protocol or tracing.otlp_protocol
+        with _protocol_needs(config, "traces", protocol):
+            targets.append(
+                CollectorTarget(
+                    tracing.otlp_endpoint,
+                    traces_endpoint=tracing.otlp_traces_endpoint,
+                    protocol=protocol,
+                    headers=dict(tracing.otlp_headers),
+                    timeout=tracing.export_timeout,
+                )
             )
-        )
     rate = config.sentry_traces_sample_rate
     if sentry_dsn and rate > 0:
-        from litestar_omnii_obs._internal.otlp import FanOutSpanExporter, SentryTarget
+        from litestar_omnii_obs._internal.otlp import SentryTarget
 
         targets.append(SentryTarget.from_dsn(sentry_dsn, rate=rate, timeout=tracing.export_timeout))
-    return FanOutSpanExporter(targets) if targets else None
+    if not targets:
+        return None
+    from litestar_omnii_obs._internal.otlp import FanOutSpanExporter
+
+    return FanOutSpanExporter(targets)
 
 
-def metric_exporter_from_config(config: ObservabilityConfig) -> MetricExporter:
+@contextmanager
+def _protocol_needs(config: ObservabilityConfig, signal: str, protocol: str) -> Iterator[None]:
+    """A protocol whose library is not installed (grpcio for ``grpc``) fails start-up naming the variable."""
+    try:
+        yield
+    except ImportError as exc:
+        tracing = config.tracing
+        own = tracing.otlp_traces_protocol if signal == "traces" else tracing.otlp_metrics_protocol
+        name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL" if own else "OTEL_EXPORTER_OTLP_PROTOCOL"
+        raise ConfigError([(name, protocol, str(exc))]) from exc
+
+
+def metric_exporter_from_config(
+    config: ObservabilityConfig, durations: RequestDurations | None = None
+) -> OtlpMetricExporter:
     """The OTLP metric exporter for the config's metrics endpoint and protocol (also used by ``obs check``)."""
-    from litestar_omnii_obs._internal.otlp import build_metric_exporter
+    from litestar_omnii_obs._internal.otlp.metrics import build_metric_exporter, metric_preferences
 
     tracing = config.tracing
     protocol = tracing.otlp_metrics_protocol or tracing.otlp_protocol
-    try:
+    with _protocol_needs(config, "metrics", protocol):
         return build_metric_exporter(
             tracing.otlp_endpoint,
             protocol,
             dict(tracing.otlp_headers),
             tracing.export_timeout,
             metrics_endpoint=tracing.otlp_metrics_endpoint,
+            durations=durations,
+            **metric_preferences(tracing.metrics_temporality, tracing.metrics_histogram_aggregation),
         )
-    except ImportError as exc:
-        name = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL" if tracing.otlp_metrics_protocol else "OTEL_EXPORTER_OTLP_PROTOCOL"
-        raise ConfigError([(name, protocol, str(exc))]) from exc
+
+
+#: OTLP/gRPC's registered port: an endpoint on it with protocol ``http/protobuf`` is most likely a gRPC
+#: collector from before ``http/protobuf`` became the default (every export would fail).
+_OTLP_GRPC_PORT = 4317
+
+
+def _warn_grpc_port_over_http(tracing: TracingConfig) -> None:
+    """One warning per signal sent over ``http/protobuf`` to port 4317 (the old default's port)."""
+    signals = (
+        ("traces", tracing.traces_endpoint, tracing.otlp_traces_protocol),
+        ("metrics", tracing.metrics_endpoint, tracing.otlp_metrics_protocol),
+    )
+    for signal, endpoint, own_protocol in signals:
+        if not endpoint or (own_protocol or tracing.otlp_protocol) != "http/protobuf":
+            continue
+        try:
+            port = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").port
+        except ValueError:
+            continue
+        if port == _OTLP_GRPC_PORT:
+            _logger.warning(
+                "OTLP %s go to %s over http/protobuf (the default protocol), but port 4317 is OTLP/gRPC's: "
+                "set OTEL_EXPORTER_OTLP_PROTOCOL=grpc (pip install 'litestar-omnii-obs[grpc]') or use port 4318",
+                signal,
+                redact_url(endpoint),
+            )
 
 
 def setup_telemetry(
@@ -287,27 +327,12 @@ def setup_telemetry(
     synchronously, beside the configured exporters. ``sentry_dsn``: the spans of the
     traces Sentry keeps also go to that project's OTLP traces endpoint.
     """
-    log_filter = ExportLogFilter()
-    log_filter.install()
-    try:
-        return _build_telemetry(config, extra_processors, capture_exporter, sentry_dsn, log_filter)
-    except BaseException:
-        log_filter.remove()  # nothing of a failed start stays behind
-        raise
-
-
-def _build_telemetry(
-    config: ObservabilityConfig,
-    extra_processors: Sequence[SpanProcessor],
-    capture_exporter: SpanExporter | None,
-    sentry_dsn: str | None,
-    log_filter: ExportLogFilter,
-) -> Telemetry:
     existing = trace.get_tracer_provider()
     if config.tracing.use_app_provider and isinstance(existing, TracerProvider):
-        return _adopt_provider(config, existing, extra_processors, capture_exporter, log_filter)
+        return _adopt_provider(config, existing, extra_processors, capture_exporter)
     tracing = config.tracing
     resource = build_resource(config)
+    _warn_grpc_port_over_http(tracing)
     exporter = build_span_exporter(config, sentry_dsn)
     # With nobody to receive spans, record none: trace ids still exist for X-Request-ID and logs.
     consumers = bool(exporter or tracing.console or extra_processors or capture_exporter)
@@ -326,7 +351,6 @@ def _build_telemetry(
     return Telemetry(
         config,
         tracer_provider,
-        log_filter,
         sampling=sampling,
         meter_provider=meter_provider,
         durations=durations,
@@ -344,7 +368,6 @@ def _adopt_provider(
     existing: TracerProvider,
     extra_processors: Sequence[SpanProcessor],
     capture_exporter: SpanExporter | None,
-    log_filter: ExportLogFilter,
 ) -> Telemetry:
     """The application's own provider (``OMNII_OBS_USE_APP_PROVIDER``): ours are added, removable on stop."""
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -356,7 +379,7 @@ def _adopt_provider(
         added.append(_ForwardUntilStopped(SimpleSpanProcessor(capture_exporter)))
     for detachable in added:
         existing.add_span_processor(detachable)
-    return Telemetry(config, existing, log_filter, detachable=added)
+    return Telemetry(config, existing, detachable=added)
 
 
 def _span_processors(
@@ -391,7 +414,7 @@ def _span_processors(
 
 def _metrics(
     config: ObservabilityConfig, resource: Resource
-) -> tuple[MeterProvider | None, RequestDurations | None, DurationsExporter | None]:
+) -> tuple[MeterProvider | None, RequestDurations | None, OtlpMetricExporter | None]:
     """The meter provider, the request-duration aggregation and its exporter, when a metrics endpoint is set."""
     metrics_endpoint = config.tracing.metrics_endpoint
     if not metrics_endpoint:
@@ -399,18 +422,9 @@ def _metrics(
     from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    from litestar_omnii_obs._internal.health import PeerHealth
-    from litestar_omnii_obs._internal.otlp.metrics import DurationsExporter
-
     durations = RequestDurations()
+    metric_exporter = metric_exporter_from_config(config, durations)
     durations.start_folding()
-    health = PeerHealth(
-        redact_url(metrics_endpoint) or metrics_endpoint,
-        kind="OTLP metric export",
-        unit="export",
-        off_hint="OTEL_METRICS_EXPORTER=none",
-    )
-    metric_exporter = DurationsExporter(metric_exporter_from_config(config), durations, health)
     meter_provider = MeterProvider(
         resource=resource,
         metric_readers=[PeriodicExportingMetricReader(metric_exporter)],

@@ -220,6 +220,13 @@ class OtlpHttpReceiver(HttpPeer):
         with self._cond:
             return [s for s in self._spans if include_rejected or s.accepted]
 
+    def span(self, name: str) -> ReceivedSpan:
+        """The single accepted span called ``name`` (raises ``LookupError`` unless exactly one)."""
+        found = [s for s in self.spans() if s.name == name]
+        if len(found) != 1:
+            raise LookupError(f"expected exactly one span {name!r}, got {len(found)}; received: {self.describe()}")
+        return found[0]
+
     def metric_points(self, name: str | None = None, *, include_rejected: bool = False) -> list[MetricPoint]:
         with self._cond:
             return [p for p in self._points if (include_rejected or p.accepted) and (name is None or p.name == name)]

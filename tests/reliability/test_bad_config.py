@@ -28,7 +28,7 @@ from litestar.params import FromPath
 from litestar_omnii_obs import ConfigError, ObservabilityConfig, ObservabilityPlugin, capture_error
 from litestar_omnii_obs._internal.env import VARIABLES
 from tests.conftest import free_port, read_lines, serve
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,6 +157,12 @@ BAD_BY_KIND: dict[tuple[str, ...], tuple[str, ...]] = {
         "GRPC",
         "grpc ",
         "h2",
+    ),
+    ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",): ("deltas", "cumulative,delta", "0", "low_memory"),
+    ("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",): (
+        "exponential",
+        "EXPLICIT_BUCKET_HISTOGRAM",
+        "base2_exponential_bucket_histogram ",
     ),
     ("OTEL_RESOURCE_ATTRIBUTES",): ("novalue", "=v", "a=b,c", "k=\u00e9\u00e9"),
     ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER"): (
@@ -363,7 +369,7 @@ UNUSUAL: dict[str, dict[str, str]] = {
 def test_an_accepted_config_really_starts(
     case: str, sink: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    with OtlpReceiver() as receiver, SentryIngest() as ingest:
+    with OtlpHttpReceiver() as receiver, SentryIngest() as ingest:
         env = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OMNII_OBS_METRICS_SINK": str(sink),
@@ -399,7 +405,7 @@ def test_an_accepted_config_really_starts(
         err = capfd.readouterr().err
         spans = receiver.spans()
         sentry_events = ingest.events()
-        metadata = [r.metadata for r in receiver.requests()]
+        metadata = [r.headers for r in receiver.requests()]
 
     assert response.status_code == 200
     request_id = response.headers["x-request-id"]

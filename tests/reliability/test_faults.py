@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 from tests.reliability.servers import RESULTS, LoadResult, Server, drive, metric_lines, save_figures, start_server
 
@@ -29,8 +29,8 @@ SOAK_SECONDS = float(os.environ.get("RELIABILITY_SOAK_SECONDS", "60"))
 
 
 @pytest.fixture
-def peers() -> Iterator[tuple[OtlpReceiver, SentryIngest]]:
-    with OtlpReceiver() as receiver, SentryIngest() as ingest:
+def peers() -> Iterator[tuple[OtlpHttpReceiver, SentryIngest]]:
+    with OtlpHttpReceiver() as receiver, SentryIngest() as ingest:
         yield receiver, ingest
 
 
@@ -38,7 +38,7 @@ def dead_port_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-def base_env(receiver: OtlpReceiver, ingest: SentryIngest, sink: Path) -> dict[str, str]:
+def base_env(receiver: OtlpHttpReceiver, ingest: SentryIngest, sink: Path) -> dict[str, str]:
     return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "SENTRY_DSN": ingest.dsn,
@@ -106,7 +106,7 @@ def _baseline() -> dict[str, float] | None:
     return data
 
 
-def test_no_fault_baseline(peers: tuple[OtlpReceiver, SentryIngest], tmp_path: Path) -> None:
+def test_no_fault_baseline(peers: tuple[OtlpHttpReceiver, SentryIngest], tmp_path: Path) -> None:
     receiver, ingest = peers
     sink = tmp_path / "m.jsonl"
     (RESULTS / "fault-none.json").unlink(missing_ok=True)
@@ -132,7 +132,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_fault_is_survived_and_logged_once(
-    fault: str, peers: tuple[OtlpReceiver, SentryIngest], tmp_path: Path
+    fault: str, peers: tuple[OtlpHttpReceiver, SentryIngest], tmp_path: Path
 ) -> None:
     receiver, ingest = peers
     env = base_env(receiver, ingest, tmp_path / "m.jsonl")
@@ -162,7 +162,7 @@ def test_fault_is_survived_and_logged_once(
     record(fault, result, server, None if fault.startswith("sink-") else Path(env["OMNII_OBS_METRICS_SINK"]))
 
 
-def test_slow_sentry_is_survived(peers: tuple[OtlpReceiver, SentryIngest], tmp_path: Path) -> None:
+def test_slow_sentry_is_survived(peers: tuple[OtlpHttpReceiver, SentryIngest], tmp_path: Path) -> None:
     receiver, ingest = peers
     ingest.delay = 5.0
     server = start_server(base_env(receiver, ingest, tmp_path / "m.jsonl"), tmp_path)
@@ -176,7 +176,7 @@ def test_slow_sentry_is_survived(peers: tuple[OtlpReceiver, SentryIngest], tmp_p
 
 def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
     port = free_port()
-    receiver = OtlpReceiver(port=port).start()
+    receiver = OtlpHttpReceiver(port=port).start()
     with SentryIngest() as ingest:
         env = base_env(receiver, ingest, tmp_path / "m.jsonl")
         env["OTEL_BSP_SCHEDULE_DELAY"] = "100"

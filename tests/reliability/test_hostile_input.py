@@ -42,7 +42,7 @@ from litestar_omnii_obs import (
     timed_operation,
 )
 from tests.conftest import read_lines, serve
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 from tests.reliability.servers import metric_lines, start_server
 
@@ -52,8 +52,8 @@ EXCLUDED = "/health"
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as peer:
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    with OtlpHttpReceiver() as peer:
         yield peer
 
 
@@ -183,7 +183,7 @@ async def _send_all(port: int, requests: list[tuple[str, str]], connections: int
     return results
 
 
-def test_ten_thousand_distinct_paths_keep_route_labels_bounded(receiver: OtlpReceiver, sink: Path) -> None:
+def test_ten_thousand_distinct_paths_keep_route_labels_bounded(receiver: OtlpHttpReceiver, sink: Path) -> None:
     requests = hostile_requests(10_000)
     app = example_app(config_for(sink, receiver.endpoint))
     templates = declared_templates(app)
@@ -296,7 +296,7 @@ RAW_REQUESTS: dict[str, bytes] = {
 }
 
 
-def test_malformed_requests_never_crash_a_request(receiver: OtlpReceiver, sink: Path) -> None:
+def test_malformed_requests_never_crash_a_request(receiver: OtlpHttpReceiver, sink: Path) -> None:
     app = example_app(config_for(sink, receiver.endpoint))
     templates = declared_templates(app)
     answers: dict[str, int] = {}
@@ -320,7 +320,7 @@ def test_malformed_requests_never_crash_a_request(receiver: OtlpReceiver, sink: 
     assert all(s.status_code != "error" for s in receiver.spans())
 
 
-def test_a_forged_traceparent_starts_a_fresh_trace(receiver: OtlpReceiver, sink: Path) -> None:
+def test_a_forged_traceparent_starts_a_fresh_trace(receiver: OtlpHttpReceiver, sink: Path) -> None:
     app = example_app(config_for(sink, receiver.endpoint))
     responses: dict[str, httpx.Response] = {}
     with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:
@@ -402,7 +402,7 @@ async def leak(account: FromPath[str], data: JSONBody[dict[str, Any]]) -> None:
     raise RuntimeError(f"login failed for {account} ({len(password) + len(api_token)}, {len(settings)}, {len(data)})")
 
 
-def test_planted_secrets_never_reach_sentry_or_metric_lines(receiver: OtlpReceiver, sink: Path) -> None:
+def test_planted_secrets_never_reach_sentry_or_metric_lines(receiver: OtlpHttpReceiver, sink: Path) -> None:
     with SentryIngest() as ingest:
         config = config_for(sink, receiver.endpoint, dsn=ingest.dsn)
         app = Litestar(route_handlers=[leak], plugins=[ObservabilityPlugin(config)])
@@ -533,7 +533,7 @@ def header_of(answer: bytes, name: bytes) -> str | None:
 
 @pytest.mark.parametrize(("server", "http"), METHOD_SERVERS)
 def test_invented_methods_are_answered_and_labelled_other(
-    server: str, http: str | None, receiver: OtlpReceiver, tmp_path: Path
+    server: str, http: str | None, receiver: OtlpHttpReceiver, tmp_path: Path
 ) -> None:
     sink = tmp_path / "metrics.jsonl"
     env = {

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.peers.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.peers.decode import ReceivedSpan
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 from tests.reliability.servers import LoadResult, Server, drive, metric_lines, save_figures, start_server
 
@@ -27,12 +28,12 @@ SERVERS = [pytest.param("uvicorn", 1, id="uvicorn"), pytest.param("granian", 2, 
 
 
 @pytest.fixture
-def peers() -> Iterator[tuple[OtlpReceiver, SentryIngest]]:
-    with OtlpReceiver(max_workers=8) as receiver, SentryIngest() as ingest:
+def peers() -> Iterator[tuple[OtlpHttpReceiver, SentryIngest]]:
+    with OtlpHttpReceiver() as receiver, SentryIngest() as ingest:
         yield receiver, ingest
 
 
-def env_for(receiver: OtlpReceiver, ingest: SentryIngest, sink: Path) -> dict[str, str]:
+def env_for(receiver: OtlpHttpReceiver, ingest: SentryIngest, sink: Path) -> dict[str, str]:
     return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "SENTRY_DSN": ingest.dsn,
@@ -104,7 +105,7 @@ def check_nothing_lost(
 
 @pytest.mark.parametrize(("server", "workers"), SERVERS)
 def test_nothing_lost_under_load(
-    server: str, workers: int, peers: tuple[OtlpReceiver, SentryIngest], tmp_path: Path
+    server: str, workers: int, peers: tuple[OtlpHttpReceiver, SentryIngest], tmp_path: Path
 ) -> None:
     receiver, ingest = peers
     sink = tmp_path / "metrics.jsonl"
@@ -128,7 +129,7 @@ def test_nothing_lost_under_load(
 
 @pytest.mark.parametrize(("server", "workers"), SERVERS)
 def test_sigterm_mid_traffic_loses_nothing_that_was_answered(
-    server: str, workers: int, peers: tuple[OtlpReceiver, SentryIngest], tmp_path: Path
+    server: str, workers: int, peers: tuple[OtlpHttpReceiver, SentryIngest], tmp_path: Path
 ) -> None:
     receiver, ingest = peers
     sink = tmp_path / "metrics.jsonl"

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 from tests.peers.tcp_peers import HungPeer, ResettingPeer
@@ -101,10 +102,12 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
     return predicate()
 
 
-def test_a_collector_killed_and_restarted_on_the_same_port_gets_every_span(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_a_collector_killed_and_restarted_on_the_same_port_gets_every_span(protocol: str, tmp_path: Path) -> None:
     port = free_port()
-    receiver = OtlpReceiver(port=port).start()
-    server = start_server(env_for(receiver.endpoint, None, tmp_path / "m.jsonl"), tmp_path)
+    receiver = (OtlpHttpReceiver if protocol == "http/protobuf" else OtlpReceiver)(port=port).start()
+    env = env_for(receiver.endpoint, None, tmp_path / "m.jsonl") | {"OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
+    server = start_server(env, tmp_path)
     try:
         with SteadyTraffic(server.url, rate=40) as traffic:
             time.sleep(3)
@@ -134,7 +137,7 @@ def test_a_collector_killed_and_restarted_on_the_same_port_gets_every_span(tmp_p
     assert "OTLP trace export" not in summaries(server), server.stderr()
     lost = 0
     save_figures(
-        "outage_restart",
+        "outage_restart" if protocol == "grpc" else "outage_restart_http",
         {"outage_s": OUTAGE_SECONDS, "requests": len(made), "during_outage": len(during), "lost": lost},
     )
 
@@ -184,7 +187,7 @@ def test_at_sigterm_the_reported_losses_equal_the_actual_losses(tmp_path: Path, 
 def test_sentry_that_is_down_is_probed_not_hammered_and_gets_what_was_kept_when_back(tmp_path: Path) -> None:
     port = free_port()
     down = ResettingPeer(port).start()
-    receiver = OtlpReceiver().start()
+    receiver = OtlpHttpReceiver().start()
     server = start_server(
         env_for(receiver.endpoint, f"http://publickey@127.0.0.1:{port}/42", tmp_path / "m.jsonl"), tmp_path
     )

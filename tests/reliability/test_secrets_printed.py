@@ -34,7 +34,7 @@ from litestar_omnii_obs import ConfigError, ObservabilityConfig, ObservabilityPl
 from litestar_omnii_obs._internal.env import VARIABLES, EnvVar
 from litestar_omnii_obs.cli import config_rows
 from tests.conftest import free_port
-from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -373,7 +373,7 @@ def test_obs_check_and_test_error_against_dead_peers_never_show_credentials() ->
 
 def test_obs_check_and_test_error_against_live_peers_never_show_credentials() -> None:
     dsn_var = next(var for var in SECRET_VARIABLES if var.field == "sentry.dsn")
-    with SentryIngest(public_key=secret_of(dsn_var)) as ingest, OtlpReceiver() as receiver:
+    with SentryIngest(public_key=secret_of(dsn_var)) as ingest, OtlpHttpReceiver() as receiver:
         env = {
             "SENTRY_DSN": ingest.dsn,
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint.replace("http://", f"http://user:{MARK}-SECRET-otlp@"),

@@ -10,14 +10,9 @@ decides anything: the modules that use these names hold the behaviour.
 * ``sentry_sdk.integrations.litestar``'s ``exception_handler`` and
   ``SentryLitestarASGIMiddleware``: what its LitestarIntegration injects into an app, which the
   plugin removes (:func:`sentry_litestar_hooks`).
-* The OpenTelemetry SDK's log messages for failed metric exports (matched as text by
-  :class:`ExportLogFilter`, to keep them quiet: one line per outage is ours; nothing is
-  counted from them, and :func:`take_export_failure` reads the reason they give).
 * ``TracerProvider._disabled`` / ``MeterProvider._disabled``: the SDK reads
   ``OTEL_SDK_DISABLED`` from ``os.environ`` in its constructors; the config is the
   whole truth, so :func:`follow_config_not_environ` sets it from the config.
-* ``MetricExporter._preferred_temporality`` / ``_preferred_aggregation``: a wrapping
-  exporter must declare the same preferences as the exporter it wraps.
 * ``ReadableSpan._end_time`` / ``_status`` / ``_name``: the fields behind its ``end_time``,
   ``status`` and ``name`` properties. :class:`~litestar_omnii_obs._internal.server_span.ServerSpan`
   is its own ``ReadableSpan`` (as the SDK's ``Span`` is) and sets these as the span
@@ -29,15 +24,11 @@ decides anything: the modules that use these names hold the behaviour.
 
 from __future__ import annotations
 
-import logging
-import re
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     # For annotations only: the SDK's metrics package loads only when metrics are exported (issue 22).
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
     # The return type of ``Tracer.start_as_current_span``, which a delegating tracer must match.
@@ -48,12 +39,9 @@ if TYPE_CHECKING:
     from sentry_sdk._types import Event, Hint
 
 __all__ = [
-    "SDK_EXPORT_LOGGERS",
     "AgnosticContextManager",
     "Event",
-    "ExportLogFilter",
     "Hint",
-    "exporter_preferences",
     "follow_config_not_environ",
     "sentry_litestar_hooks",
     "set_span_end",
@@ -61,72 +49,10 @@ __all__ = [
     "set_span_status",
 ]
 
-#: Loggers whose per-batch messages are replaced by one message per outage.
-SDK_EXPORT_LOGGERS = (
-    "opentelemetry.exporter.otlp.proto.grpc.exporter",
-    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-    "opentelemetry.sdk._shared_internal",
-    "opentelemetry.sdk.trace.export",
-)
-_EXPORT_FAILURE_MESSAGES = ("Transient error", "Failed to export")
-
-
-_LAST_FAILURE = threading.local()  # the thread's last swallowed message (the export ran in that thread)
-_GRPC_CODE = re.compile(r"error code: (?:StatusCode\.)?(\w+)")
-_HTTP_CODE = re.compile(r"\bcode: (\d{3})\b")
-
-
-class ExportLogFilter(logging.Filter):
-    """Swallows the SDK's per-batch export failure messages (our health logs one line per outage).
-
-    The reason they give (a gRPC status, an HTTP status) is kept for :func:`take_export_failure`.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "export" in message and any(text in message for text in _EXPORT_FAILURE_MESSAGES):
-            _LAST_FAILURE.reason = message
-            return False
-        return True
-
-    def install(self) -> None:
-        # First in line: the SDK's own DuplicateFilter drops a message it saw in the last 20 s (another
-        # app's, another endpoint's) before later filters run, and its reason would be lost.
-        for name in SDK_EXPORT_LOGGERS:
-            filters = logging.getLogger(name).filters
-            if self not in filters:
-                filters.insert(0, self)
-
-    def remove(self) -> None:
-        for name in SDK_EXPORT_LOGGERS:
-            logging.getLogger(name).removeFilter(self)
-
-
-def take_export_failure() -> str | None:
-    """Why the SDK exporter's last export in this thread failed, from the message the filter swallowed
-    (``UNIMPLEMENTED``, ``HTTP 405``); ``None`` if it logged none."""
-    message: str | None = getattr(_LAST_FAILURE, "reason", None)
-    _LAST_FAILURE.reason = None
-    if message is None:
-        return None
-    found = _GRPC_CODE.search(message)
-    if found:
-        return found.group(1)
-    found = _HTTP_CODE.search(message)
-    return f"HTTP {found.group(1)}" if found else message[:160]
-
 
 def follow_config_not_environ(provider: TracerProvider | MeterProvider, disabled: bool) -> None:
     """Set the provider's disabled flag from the config, whatever ``OTEL_SDK_DISABLED`` says."""
     provider._disabled = disabled  # pyright: ignore[reportPrivateUsage]
-
-
-def exporter_preferences(exporter: MetricExporter) -> dict[str, Any]:
-    """The temporality and aggregation preferences ``exporter`` was built with."""
-    return {
-        "preferred_temporality": exporter._preferred_temporality,  # pyright: ignore[reportPrivateUsage]
-        "preferred_aggregation": exporter._preferred_aggregation,  # pyright: ignore[reportPrivateUsage]
-    }
 
 
 def sentry_litestar_hooks() -> tuple[object, object] | None:

@@ -64,6 +64,8 @@ _LEN_TAGS = tuple(_varint_slow(n << 3 | 2) for n in range(20))
 # Encoded attributes repeat across spans (method, route, status, host): keep them, up to a bound.
 _ATTRIBUTE_CACHE: dict[tuple[int, str, type, Any], bytes] = {}
 _ATTRIBUTE_CACHE_MAX = 4096
+#: Only values whose type and equality decide their bytes (True and 1 differ by type, kept in the key).
+_CACHED_KINDS = frozenset({str, int, bool})
 _NAMES: dict[str, bytes] = {}  # span names repeat (one per route): their field bytes, up to the same bound
 _SERVER_KIND = b"\x30\x02"  # kind (field 6) = SPAN_KIND_SERVER
 _UNSET_STATUS = b"\x7a\x00"  # status (field 15), empty: code UNSET, no message
@@ -170,17 +172,17 @@ def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
     cache = _ATTRIBUTE_CACHE
     parts = []
     for key, value in attributes.items():
-        cache_key = (number, key, type(value), value)
-        try:
-            parts.append(cache[cache_key])
+        kind = type(value)
+        if kind not in _CACHED_KINDS:  # equal but encoded apart: (1,) and (1.0,), 0.0 and -0.0
+            parts.append(_field(number, _key_value(key, value)))
             continue
-        except KeyError:
+        cache_key = (number, key, kind, value)
+        encoded = cache.get(cache_key)
+        if encoded is None:
             encoded = _field(number, _key_value(key, value))
             if len(cache) >= _ATTRIBUTE_CACHE_MAX:
                 cache.clear()
             cache[cache_key] = encoded
-        except TypeError:  # unhashable value (a list)
-            encoded = _field(number, _key_value(key, value))
         parts.append(encoded)
     return b"".join(parts)
 

@@ -1,11 +1,10 @@
-"""The OTLP metric exporter for a protocol: the OpenTelemetry project's own, over gRPC or HTTP.
+"""The OTLP metric exporter: the SDK's metric points (plus the request durations), our encoder, our transports.
 
-Metrics leave once per export interval as one small request, so the SDK exporters' per-object
-encoding costs nothing worth replacing; only the choice of exporter and its settings (the
-same endpoint, TLS and credential rules as the span transports) live here, and
-:class:`DurationsExporter`, which adds the request durations to each export.
-
-Imported only when metrics are exported: the SDK's metrics package comes with it.
+The SDK's OTLP metric exporters import protobuf and, over gRPC, the SDK's whole exporter stack
+(issue 22: a few MiB and about 70 ms at start-up); :func:`.metric_encoding.encode_metrics` writes
+the same request bytes, and the span transports send them, so a collector's outage is judged,
+logged and counted by the same rule (:class:`~litestar_omnii_obs._internal.health.PeerHealth`)
+for metrics as for spans. Imported only when metrics are exported: the SDK's metrics package comes with it.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     MetricExporter,
     MetricExportResult,
     MetricsData,
@@ -21,116 +21,111 @@ from opentelemetry.sdk.metrics.export import (
     ScopeMetrics,
 )
 
-from litestar_omnii_obs._internal._compat import exporter_preferences, take_export_failure
-from litestar_omnii_obs._internal.durations import SCOPE, RequestDurations
+from litestar_omnii_obs._internal.durations import SCOPE
+from litestar_omnii_obs._internal.otlp.metric_encoding import encode_metrics
 from litestar_omnii_obs._internal.otlp.targets import signal_url
-from litestar_omnii_obs._internal.otlp.transports import split_credentials
+from litestar_omnii_obs._internal.otlp.transports import HealthLabels, OtlpHttpTransport
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import Metric
+    from opentelemetry.sdk.metrics.view import Aggregation
 
-    from litestar_omnii_obs._internal.health import PeerHealth
+    from litestar_omnii_obs._internal.durations import RequestDurations
     from litestar_omnii_obs._internal.otlp.targets import OtlpProtocol
-    from litestar_omnii_obs._internal.otlp.transports import Compression
+    from litestar_omnii_obs._internal.otlp.transports import Compression, OtlpTransport
 
-__all__ = ["HTTP_EXTRA_HINT", "DurationsExporter", "build_metric_exporter"]
+__all__ = ["GRPC_EXTRA_HINT", "OtlpMetricExporter", "build_metric_exporter", "metric_preferences"]
 
-#: What to install for ``http/protobuf`` metrics.
-HTTP_EXTRA_HINT = "pip install 'litestar-omnii-obs[http]'"
+_LABELS = HealthLabels("OTLP metric export", "export", "OTEL_METRICS_EXPORTER=none")
+_DELTAS_LOST = "not sent while the collector was down (delta points)"
+#: What to install for OTLP over gRPC.
+GRPC_EXTRA_HINT = "pip install 'litestar-omnii-obs[grpc]'"
 
 
 def build_metric_exporter(
     endpoint: str | None,
-    protocol: OtlpProtocol = "grpc",
+    protocol: OtlpProtocol = "http/protobuf",
     headers: Mapping[str, str] | None = None,
     timeout: float = 10.0,
     *,
     metrics_endpoint: str | None = None,
     compression: Compression | None = None,
     insecure: bool | None = None,
-    **options: Any,
-) -> MetricExporter:
-    """An SDK ``MetricExporter`` sending to ``metrics_endpoint`` (as is) or ``endpoint`` (generic).
+    durations: RequestDurations | None = None,
+    preferred_temporality: dict[type, AggregationTemporality] | None = None,
+    preferred_aggregation: dict[type, Aggregation] | None = None,
+) -> OtlpMetricExporter:
+    """An exporter sending to ``metrics_endpoint`` (as is) or ``endpoint`` (generic) over ``protocol``.
 
-    ``grpc``: ``opentelemetry.exporter.otlp.proto.grpc``'s ``OTLPMetricExporter`` (TLS unless
-    the scheme is ``http``). ``http/protobuf``: ``opentelemetry.exporter.otlp.proto.http``'s
-    (the ``http`` extra; ``/v1/metrics`` appended to a generic endpoint, gzip by default).
-    User-info in the URL is sent as ``Authorization: Basic``, never kept in the URL.
-    ``options`` go to the exporter (``preferred_temporality``, ``preferred_aggregation``...).
-    Raises ``ImportError`` naming the extra when the HTTP exporter is not installed.
+    ``http/protobuf``: ``/v1/metrics`` appended to a generic endpoint, gzip by default.
+    ``grpc`` (the ``grpc`` extra): ``MetricsService/Export``, TLS unless the scheme is ``http``.
+    User-info in the URL is sent as ``Authorization: Basic``, never kept in the URL. Raises
+    ``ImportError`` naming the extra when gRPC is asked for and grpcio is not installed.
     """
-    extra = {key: value for key, value in (headers or {}).items()}
+    transport: OtlpTransport
     if protocol == "grpc":
-        return _grpc_exporter(metrics_endpoint or endpoint, extra, timeout, compression, insecure, options)
-    if protocol == "http/protobuf":
-        return _http_exporter(endpoint, metrics_endpoint, extra, timeout, compression, options)
-    raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
-
-
-def _grpc_exporter(
-    address: str | None,
-    headers: dict[str, str],
-    timeout: float,
-    compression: Compression | None,
-    insecure: bool | None,
-    options: dict[str, Any],
-) -> MetricExporter:
-    """The SDK's gRPC exporter: plaintext only for ``http://``, the URL's credentials sent as metadata."""
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
-
-    if not address:
-        raise ValueError("no OTLP endpoint for metrics")
-    url = address if "://" in address else f"//{address}"
-    parts, basic = split_credentials(url)
-    metadata = {key.lower(): value for key, value in headers.items()}
-    if basic is not None:
-        metadata.setdefault("authorization", basic)
-    if insecure is None:
-        insecure = parts.scheme == "http"
-    return GrpcExporter(
-        # Without user-info; with its scheme when it had one (the SDK reads TLS from "https").
-        endpoint=parts._replace(path="", query="", fragment="").geturl().removeprefix("//"),
-        insecure=insecure and parts.scheme != "https",
-        headers=metadata,
-        timeout=timeout,
-        compression=_grpc_compression(compression or "none"),
-        **options,
+        try:
+            from litestar_omnii_obs._internal.otlp.grpc_transport import METRICS_EXPORT_METHOD, OtlpGrpcTransport
+        except ImportError as exc:
+            raise ImportError(f"OTLP over gRPC needs grpcio: {GRPC_EXTRA_HINT} (or use http/protobuf)") from exc
+        address = metrics_endpoint or endpoint
+        if not address:
+            raise ValueError("no OTLP endpoint for metrics")
+        transport = OtlpGrpcTransport(
+            address,
+            headers=headers,
+            timeout=timeout,
+            compression=compression or "none",
+            insecure=insecure,
+            method=METRICS_EXPORT_METHOD,
+            labels=_LABELS,
+        )
+    elif protocol == "http/protobuf":
+        transport = OtlpHttpTransport(
+            signal_url(endpoint, metrics_endpoint, "metrics"),
+            headers=headers,
+            timeout=timeout,
+            compression=compression or "gzip",
+            labels=_LABELS,
+        )
+    else:
+        raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
+    return OtlpMetricExporter(
+        transport,
+        durations,
+        preferred_temporality=preferred_temporality,
+        preferred_aggregation=preferred_aggregation,
     )
 
 
-def _http_exporter(
-    endpoint: str | None,
-    metrics_endpoint: str | None,
-    headers: dict[str, str],
-    timeout: float,
-    compression: Compression | None,
-    options: dict[str, Any],
-) -> MetricExporter:
-    """The SDK's HTTP exporter (the ``http`` extra: its absence says what to install), credentials as a header."""
-    try:
-        from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
-    except ImportError as exc:
-        raise ImportError(
-            f"OTLP metrics over http/protobuf need the 'http' extra: {HTTP_EXTRA_HINT} "
-            "(or use OTEL_EXPORTER_OTLP_METRICS_PROTOCOL=grpc)"
-        ) from exc
-    parts, basic = split_credentials(signal_url(endpoint, metrics_endpoint, "metrics"))
-    if basic is not None and not any(key.lower() == "authorization" for key in headers):
-        headers["Authorization"] = basic
-    return HttpExporter(
-        endpoint=parts.geturl(),
-        headers=headers,
-        timeout=timeout,
-        compression=HttpCompression.Gzip if (compression or "gzip") == "gzip" else HttpCompression.NoCompression,
-        **options,
+def metric_preferences(temporality: str, histogram_aggregation: str) -> dict[str, Any]:
+    """``preferred_temporality`` and ``preferred_aggregation`` as the SDK's OTLP exporters derive them from
+    ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` and ``..._DEFAULT_HISTOGRAM_AGGREGATION``."""
+    from opentelemetry.sdk.metrics import (
+        Counter,
+        Histogram,
+        ObservableCounter,
+        ObservableGauge,
+        ObservableUpDownCounter,
+        UpDownCounter,
+    )
+    from opentelemetry.sdk.metrics.view import (
+        ExplicitBucketHistogramAggregation,
+        ExponentialBucketHistogramAggregation,
     )
 
-
-def _grpc_compression(compression: Compression) -> Any:
-    import grpc  # type: ignore[import-untyped]
-
-    return grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
+    cumulative, delta = AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA
+    deltas = {"delta": (Counter, Histogram, ObservableCounter), "lowmemory": (Counter, Histogram)}.get(temporality, ())
+    kinds = (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)
+    histogram: Aggregation = (
+        ExponentialBucketHistogramAggregation()
+        if histogram_aggregation == "base2_exponential_bucket_histogram"
+        else ExplicitBucketHistogramAggregation()
+    )
+    return {
+        "preferred_temporality": {kind: delta if kind in deltas else cumulative for kind in kinds},
+        "preferred_aggregation": {Histogram: histogram},
+    }
 
 
 def _with_extra(data: MetricsData, extra: Metric) -> MetricsData:
@@ -151,44 +146,57 @@ def _with_extra(data: MetricsData, extra: Metric) -> MetricsData:
     return MetricsData(resource_metrics=[merged, *rest])
 
 
-class DurationsExporter(MetricExporter):
-    """Wraps the OTLP metric exporter: adds the request durations to each export; one outage rule.
+class OtlpMetricExporter(MetricExporter):
+    """Each periodic export as one OTLP request (with the request durations added); one outage rule.
 
     While the collector is down an export is attempted at most every probe interval
-    (:class:`~litestar_omnii_obs._internal.health.PeerHealth`); points are cumulative, so an export
-    skipped or failed loses nothing as long as a later one is accepted. Only a final export
-    at shutdown that fails loses data, and is counted.
+    (:attr:`health`); points are cumulative, so an export skipped or failed loses nothing as
+    long as a later one is accepted. Only a final export at shutdown that fails loses data,
+    and is counted.
     """
 
-    def __init__(self, inner: MetricExporter, durations: RequestDurations, health: PeerHealth) -> None:
-        super().__init__(**exporter_preferences(inner))
-        self.inner = inner
+    def __init__(
+        self,
+        transport: OtlpTransport,
+        durations: RequestDurations | None = None,
+        *,
+        preferred_temporality: dict[type, AggregationTemporality] | None = None,
+        preferred_aggregation: dict[type, Aggregation] | None = None,
+    ) -> None:
+        super().__init__(preferred_temporality=preferred_temporality, preferred_aggregation=preferred_aggregation)
+        #: Delta points are in one export only: a skipped or failed one loses them (counted).
+        self.deltas = any(t is AggregationTemporality.DELTA for t in (preferred_temporality or {}).values())
+        self.transport = transport
+        self.health = transport.health
         self.durations = durations
-        self.health = health
         #: Set by the app's shutdown: the next export is the last one, attempted whatever the outage state.
         self.final = False
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         final = self.final
-        if not final and not self.health.begin():
+        health = self.health
+        if not final and not health.begin():
+            if self.deltas:
+                health.lose(1, _DELTAS_LOST)
             return MetricExportResult.FAILURE  # down: cumulative points wait for the next probe
-        extra = self.durations.metric()
+        extra = self.durations.metric() if self.durations is not None else None
         if extra is not None:
             metrics_data = _with_extra(metrics_data, extra)
-        try:
-            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception:
-            result = MetricExportResult.FAILURE
-        if result is MetricExportResult.SUCCESS:
-            self.health.succeeded(1)
-        else:
-            self.health.failed(take_export_failure() or "export failed")
-            if final:
-                self.health.lose(1, "final export failed (points since the last accepted export)")
-        return result
+        outcome = self.transport.post_once(encode_metrics(metrics_data))
+        if outcome.ok:
+            health.succeeded(1, outcome.pause)
+            if outcome.refused or outcome.message:
+                health.refused(outcome.refused, outcome.message)
+            return MetricExportResult.SUCCESS
+        health.failed(outcome.reason, retry_after=outcome.retry_after, limited=outcome.limited)
+        if self.deltas:
+            health.lose(1, _DELTAS_LOST)
+        elif final:
+            health.lose(1, "final export failed (points since the last accepted export)")
+        return MetricExportResult.FAILURE
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return self.inner.force_flush(timeout_millis)
+        return True  # every export is sent when it is made
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+        self.transport.close()

@@ -18,7 +18,7 @@ from litestar_omnii_obs._internal.health import PROBE_INTERVAL, PeerHealth
 from litestar_omnii_obs._internal.otlp.transports import (
     MAX_KEPT,
     Compression,
-    OtlpGrpcTransport,
+    HealthLabels,
     OtlpHttpTransport,
     OtlpTransport,
 )
@@ -90,7 +90,8 @@ class CollectorTarget(Target):
     ``endpoint`` is the generic endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT``), ``traces_endpoint``
     the signal-specific one (used as is, and it wins). Over HTTP the generic one gets
     ``/v1/traces`` appended; over gRPC only the host and port count. ``compression``:
-    ``gzip`` or ``none`` (default: ``gzip`` over HTTP, ``none`` over gRPC).
+    ``gzip`` or ``none`` (default: ``gzip`` over HTTP, ``none`` over gRPC). gRPC needs the
+    ``grpc`` extra (``ImportError`` naming it otherwise).
     """
 
     def __init__(
@@ -98,7 +99,7 @@ class CollectorTarget(Target):
         endpoint: str | None = None,
         *,
         traces_endpoint: str | None = None,
-        protocol: OtlpProtocol = "grpc",
+        protocol: OtlpProtocol = "http/protobuf",
         headers: Mapping[str, str] | None = None,
         timeout: float = 10.0,
         compression: Compression | None = None,
@@ -110,6 +111,8 @@ class CollectorTarget(Target):
     ) -> None:
         transport: OtlpTransport
         if protocol == "grpc":
+            from litestar_omnii_obs._internal.otlp.grpc_transport import OtlpGrpcTransport  # grpcio only for gRPC
+
             address = traces_endpoint or endpoint
             if not address:
                 raise ValueError("no OTLP endpoint for traces")
@@ -137,7 +140,6 @@ class CollectorTarget(Target):
             )
         else:
             raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
-        transport.health.off_hint = "OTEL_TRACES_EXPORTER=none"
         super().__init__(transport)
         self.protocol = protocol
 
@@ -169,9 +171,8 @@ class SentryTarget(Target):
             probe_interval=probe_interval,
             max_kept=max_kept,
             max_backoff=max_backoff,
+            labels=HealthLabels("Sentry OTLP trace export", off_hint="OMNII_OBS_SENTRY_TRACES=off"),
         )
-        transport.health.kind = "Sentry OTLP trace export"
-        transport.health.off_hint = "OMNII_OBS_SENTRY_TRACES=off"
         super().__init__(transport, rate)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""OTLP trace transports: gRPC and HTTP (``http/protobuf``), both taking ready-made request bytes.
+"""OTLP transports: HTTP (``http/protobuf``) here, gRPC in :mod:`.grpc_transport`; both take ready-made bytes.
 
 Both send the bytes :mod:`.encoding` produced as they are (no protobuf objects, no SDK
 private hooks) and share one interface, ``send(body, spans) -> bool``: it never raises,
@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import base64
 import gzip
-import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import certifi
-import grpc  # type: ignore[import-untyped]
 import urllib3
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
-from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from litestar_omnii_obs._internal.config import redact_url
 from litestar_omnii_obs._internal.health import (
@@ -43,14 +38,10 @@ from litestar_omnii_obs._internal.health import (
     sentry_rate_limit,
 )
 
-__all__ = ["Compression", "OtlpGrpcTransport", "OtlpHttpTransport", "OtlpTransport", "split_credentials"]
+__all__ = ["Compression", "HealthLabels", "OtlpHttpTransport", "OtlpTransport", "Outcome", "split_credentials"]
 
 
 Compression = Literal["gzip", "none"]
-TRACE_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-_RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
-#: gRPC codes for a request the server will never take (the others mean "down", "limited" or "try again").
-_REJECTING_CODES = frozenset({"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED", "NOT_FOUND"})
 #: Spans a transport keeps for a peer that is down (the SDK's default span queue size).
 MAX_KEPT = 2048
 _GZIP_LEVEL = 1  # protobuf spans compress about 9x at level 1 too; level 6 costs 3x the CPU for 2% smaller bodies
@@ -77,8 +68,18 @@ def split_credentials(url: str) -> tuple[SplitResult, str | None]:
     return parts._replace(netloc=host), f"Basic {token}"
 
 
+class HealthLabels(NamedTuple):
+    """How the transport's outage and loss lines name what it sends (see :class:`PeerHealth`)."""
+
+    kind: str = "OTLP trace export"
+    unit: str = "span"
+    off_hint: str = "OTEL_TRACES_EXPORTER=none"
+
+
 @dataclass(frozen=True, slots=True)
-class _Outcome:
+class Outcome:
+    """One attempt's result, as the peer gave it (what it means for the outage state is :class:`PeerHealth`'s)."""
+
     ok: bool
     reason: str = ""
     retry_after: float | None = None  # failed: how long the server asked us to wait
@@ -89,15 +90,79 @@ class _Outcome:
     message: str = ""  # ok: the server's reason for refusing them, or a warning
 
 
-def _partial_success(response: bytes) -> tuple[int, str]:
-    """An ``ExportTraceServiceResponse``'s partial success: (spans refused, the server's message)."""
-    if not response:
-        return 0, ""
+def _read_fields(data: bytes) -> dict[int, int | bytes]:
+    """The top-level fields of a protobuf message (varints and length-delimited ones; the last of each wins).
+
+    OTLP answers are two small messages (a partial success, gRPC's ``RetryInfo``): reading them by hand
+    keeps protobuf out of the process (issue 22: about 3 MiB and 20 ms at start-up). Raises ``ValueError``
+    for bytes that are not such a message.
+    """
+    fields: dict[int, int | bytes] = {}
+    index, end = 0, len(data)
+
+    def varint() -> int:
+        nonlocal index
+        value = shift = 0
+        while True:
+            if index >= end or shift > 63:
+                raise ValueError("truncated varint")
+            byte = data[index]
+            index += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while index < end:
+        key = varint()
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            fields[number] = varint()
+        elif wire_type == 2:
+            size = varint()
+            if index + size > end:
+                raise ValueError("truncated field")
+            fields[number] = data[index : index + size]
+            index += size
+        elif wire_type in (1, 5):
+            index += 8 if wire_type == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire_type}")
+    if index != end:
+        raise ValueError("truncated field")
+    return fields
+
+
+def partial_success(response: bytes) -> tuple[int, str]:
+    """An OTLP ``Export*ServiceResponse``'s partial success: (items refused, the server's message).
+
+    Traces and metrics share the layout: field 1 a message of (1: rejected count, 2: error message).
+    """
     try:
-        partial = ExportTraceServiceResponse.FromString(response).partial_success
-    except DecodeError:  # not an OTLP answer (a proxy's page): nothing to learn from it
+        partial = _read_fields(response).get(1, b"")
+        fields = _read_fields(partial) if isinstance(partial, bytes) else {}
+        rejected, message = fields.get(1, 0), fields.get(2, b"")
+        return (
+            rejected if isinstance(rejected, int) else 0,
+            message.decode("utf-8", "replace") if isinstance(message, bytes) else "",
+        )
+    except ValueError:  # not an OTLP answer (a proxy's page): nothing to learn from it
         return 0, ""
-    return partial.rejected_spans, partial.error_message
+
+
+def retry_delay(retry_info: bytes) -> float | None:
+    """Seconds in a ``google.rpc.RetryInfo`` (``retry_delay``: a Duration of seconds and nanos), if any."""
+    try:
+        delay = _read_fields(retry_info).get(1)
+        if not isinstance(delay, bytes):
+            return None
+        fields = _read_fields(delay)
+    except ValueError:
+        return None
+    seconds, nanos = fields.get(1, 0), fields.get(2, 0)
+    if not isinstance(seconds, int) or not isinstance(nanos, int):
+        return None
+    return seconds + nanos / 1e9
 
 
 class OtlpTransport(ABC):
@@ -110,14 +175,24 @@ class OtlpTransport(ABC):
     Only the span processor's worker thread sends; :meth:`abandon` may come from another.
     """
 
-    def __init__(self, target: str, timeout: float, probe_interval: float, max_backoff: float, max_kept: int) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float,
+        probe_interval: float,
+        max_backoff: float,
+        max_kept: int,
+        labels: HealthLabels | None = None,
+    ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         #: The endpoint as logs show it (credentials redacted).
         self.target = target
         self.timeout = timeout
-        #: Outage state: when to try, the counts of delivered and lost spans.
-        self.health = PeerHealth(target, probe_interval=probe_interval, max_backoff=max_backoff)
+        #: Outage state: when to try, the counts of delivered and lost spans (or exports).
+        self.health = PeerHealth(
+            target, probe_interval=probe_interval, max_backoff=max_backoff, **(labels or HealthLabels())._asdict()
+        )
         self.max_kept = max_kept
         self._kept: deque[tuple[bytes, int]] = deque()
         self._kept_spans = 0
@@ -151,6 +226,13 @@ class OtlpTransport(ABC):
             self._kept.popleft()
             self._kept_spans -= item[1]
 
+    def post_once(self, body: bytes) -> Outcome:
+        """One request, once, whatever the outage state; never raises, nothing kept (metric exports)."""
+        try:
+            return self._post(body)
+        except Exception as exc:
+            return Outcome(False, describe_failure(exc))
+
     def attempt(self, item: tuple[bytes, int], *, kept: bool) -> Attempt:
         """One send, its outcome recorded on :attr:`health`.
 
@@ -159,9 +241,7 @@ class OtlpTransport(ABC):
         body, spans = item
         self._sending = 0 if kept else spans
         try:
-            outcome = self._post(body)
-        except Exception as exc:  # never raise into the span processor's worker
-            outcome = _Outcome(False, describe_failure(exc))
+            outcome = self.post_once(body)  # never raises into the span processor's worker
         finally:
             self._sending = 0
         if self._abandoned:
@@ -192,7 +272,7 @@ class OtlpTransport(ABC):
             self.health.lose(oldest, OUTAGE_OVERFLOW)
 
     @abstractmethod
-    def _post(self, body: bytes) -> _Outcome: ...
+    def _post(self, body: bytes) -> Outcome: ...
 
     def retry_kept(self) -> None:
         """Send what is kept if the peer may be tried now (shutdown calls this before giving up on it)."""
@@ -244,11 +324,12 @@ class OtlpHttpTransport(OtlpTransport):
         probe_interval: float = PROBE_INTERVAL,
         max_backoff: float = 60.0,
         max_kept: int = MAX_KEPT,
+        labels: HealthLabels | None = None,
     ) -> None:
         parts, basic = split_credentials(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {redact_url(url)!r}")
-        super().__init__(redact_url(url) or url, timeout, probe_interval, max_backoff, max_kept)
+        super().__init__(redact_url(url) or url, timeout, probe_interval, max_backoff, max_kept, labels)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._gzip = compression == "gzip"
         self._headers = _http_headers(headers, basic, gzipped=self._gzip)
@@ -262,7 +343,7 @@ class OtlpHttpTransport(OtlpTransport):
             options["ca_certs"] = certifi.where()  # the CA bundle sentry-sdk and requests use
         self._pool = urllib3.connection_from_url(parts.geturl(), **options)
 
-    def _post(self, body: bytes) -> _Outcome:
+    def _post(self, body: bytes) -> Outcome:
         data = gzip.compress(body, compresslevel=_GZIP_LEVEL, mtime=0) if self._gzip else body
         response = self._pool.urlopen(
             "POST",
@@ -279,119 +360,13 @@ class OtlpHttpTransport(OtlpTransport):
         limited = sentry_rate_limit(headers.get("X-Sentry-Rate-Limits"))
         if 200 <= status < 300:
             protobuf = headers.get("Content-Type", "").startswith("application/x-protobuf")
-            refused, message = _partial_success(response.data) if protobuf else (0, "")
-            return _Outcome(True, pause=limited, refused=refused, message=message)
+            refused, message = partial_success(response.data) if protobuf else (0, "")
+            return Outcome(True, pause=limited, refused=refused, message=message)
         retry_after = limited if limited is not None else parse_retry_after(headers.get("Retry-After"))
         rate_limited = status in (429, 503) or retry_after is not None
         rejected = 400 <= status < 500 and not rate_limited and status not in (408,)
-        return _Outcome(False, f"HTTP {status}", retry_after, limited=rate_limited, rejected=rejected)
+        return Outcome(False, f"HTTP {status}", retry_after, limited=rate_limited, rejected=rejected)
 
     def close(self) -> None:
         super().close()
         self._pool.close()
-
-
-def _identity(data: bytes) -> bytes:
-    return data
-
-
-def _grpc_metadata(headers: Mapping[str, str] | None, basic: str | None) -> tuple[tuple[str, str], ...]:
-    """Call metadata: the headers with lowercase keys (gRPC requires them), the URL's credentials unless set."""
-    metadata = [(key.lower(), value) for key, value in (headers or {}).items()]
-    if basic is not None and not any(key == "authorization" for key, _ in metadata):
-        metadata.append(("authorization", basic))
-    return tuple(metadata)
-
-
-class OtlpGrpcTransport(OtlpTransport):
-    """OTLP/gRPC: a generic unary call to ``TraceService/Export`` sending the request bytes as they are.
-
-    TLS for ``https`` endpoints and for endpoints without a scheme, plaintext for ``http``
-    (the SDK exporter's rule); ``insecure`` overrides it. Headers go as call metadata.
-    grpc channels reconnect by themselves; after ``UNAVAILABLE`` the channel is also
-    rebuilt, so a restarted collector is reached on the first attempt after the back-off.
-    """
-
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 10.0,
-        compression: Compression = "none",
-        insecure: bool | None = None,
-        credentials: Any = None,
-        probe_interval: float = PROBE_INTERVAL,
-        max_backoff: float = 60.0,
-        max_kept: int = MAX_KEPT,
-    ) -> None:
-        # "host:port" has no scheme; parsed as is, "user:pw@host" would read as scheme "user".
-        url = endpoint if "://" in endpoint else f"//{endpoint}"
-        parts, basic = split_credentials(url)
-        target = (redact_url(url) or url).removeprefix("//")
-        if not parts.hostname:
-            raise ValueError(f"no host in gRPC endpoint {target!r}")
-        super().__init__(target, timeout, probe_interval, max_backoff, max_kept)
-        self._address = parts.netloc
-        self._insecure = parts.scheme == "http" if insecure is None else insecure
-        if parts.scheme == "https":
-            self._insecure = False
-        self._credentials = credentials
-        self._metadata = _grpc_metadata(headers, basic)
-        self._compression = grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
-        self._lock = threading.Lock()  # a rebuild after UNAVAILABLE vs close() from another thread
-        self._channel: Any = None
-        self._call: Any = None
-        self._open()
-
-    def _open(self) -> None:
-        options = [
-            ("grpc.primary_user_agent", USER_AGENT),
-            # grpc's own reconnect back-off grows to 120 s by default; ours decides when to try.
-            ("grpc.initial_reconnect_backoff_ms", 500),
-            ("grpc.max_reconnect_backoff_ms", 5000),
-        ]
-        if self._insecure:
-            channel = grpc.insecure_channel(self._address, options=options, compression=self._compression)
-        else:
-            credentials = self._credentials or grpc.ssl_channel_credentials()
-            channel = grpc.secure_channel(self._address, credentials, options=options, compression=self._compression)
-        self._channel = channel
-        self._call = channel.unary_unary(
-            TRACE_EXPORT_METHOD, request_serializer=_identity, response_deserializer=_identity
-        )
-
-    def _post(self, body: bytes) -> _Outcome:
-        try:
-            response = self._call(body, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
-            return self._failure(error)
-        refused, message = _partial_success(response)
-        return _Outcome(True, refused=refused, message=message)
-
-    def _failure(self, error: Any) -> _Outcome:
-        code = error.code() if callable(getattr(error, "code", None)) else None
-        name = getattr(code, "name", "UNKNOWN")
-        retry_after: float | None = None
-        try:
-            trailers = dict(error.trailing_metadata() or ())
-        except Exception:
-            trailers = {}
-        info = trailers.get(_RETRY_INFO_KEY)
-        if isinstance(info, bytes):
-            delay = RetryInfo.FromString(info).retry_delay
-            retry_after = delay.seconds + delay.nanos / 1e9
-        if code == grpc.StatusCode.UNAVAILABLE:
-            with self._lock:
-                if not self._closed:
-                    self._channel.close()
-                    self._open()
-        reason = {"UNAVAILABLE": "unavailable", "DEADLINE_EXCEEDED": "timed out"}.get(name, f"gRPC {name}")
-        limited = name == "RESOURCE_EXHAUSTED" or retry_after is not None
-        rejected = name in _REJECTING_CODES and not limited
-        return _Outcome(False, reason, retry_after, limited=limited, rejected=rejected)
-
-    def close(self) -> None:
-        with self._lock:
-            super().close()
-            self._channel.close()

@@ -151,6 +151,21 @@ def test_protocol_in_the_mapping_wins(clean_environ: pytest.MonkeyPatch) -> None
     assert {r.path for r in receiver.requests()} >= {"/v1/traces"}
 
 
+def test_compression_variables_reach_the_wire(clean_environ: pytest.MonkeyPatch) -> None:
+    with OtlpHttpReceiver() as receiver:
+        run(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+                "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION": "none",
+            }
+        )
+        receiver.wait_for_spans(3)
+        receiver.wait_for_metric("http.server.request.duration")
+        encodings = {(r.path, r.content_encoding) for r in receiver.requests()}
+    assert encodings == {("/v1/traces", "gzip"), ("/v1/metrics", None)}
+
+
 def test_metrics_over_http_reach_v1_metrics(clean_environ: pytest.MonkeyPatch) -> None:
     with OtlpHttpReceiver() as receiver:
         run({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})

@@ -135,14 +135,21 @@ def test_grpc_collector_receives_spans_with_their_ids_and_parents(
     assert all(r.metadata.get("x-api-key") == "k1" for r in grpc_collector.requests())
 
 
-def test_http_collector_receives_gzipped_spans_at_v1_traces(http_collector: OtlpHttpReceiver) -> None:
-    target = CollectorTarget(http_collector.endpoint, protocol="http/protobuf", headers={"X-Api-Key": "k2"})
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_http_collector_receives_spans_at_v1_traces(http_collector: OtlpHttpReceiver, compression: str) -> None:
+    target = CollectorTarget(
+        http_collector.endpoint,
+        protocol="http/protobuf",
+        headers={"X-Api-Key": "k2"},
+        compression=compression,  # type: ignore[arg-type]
+    )
     ids = export_via_sdk(FanOutSpanExporter([target]), traces=4, children=3)
     spans = http_collector.wait_for_spans(16)
     assert_tree(spans, traces=4, children=3)
     assert {s.trace_id for s in spans} == set(ids)
+    encoding = None if compression == "none" else "gzip"  # none: the OTLP exporters' default
     for request in http_collector.requests():
-        assert (request.path, request.content_encoding, request.status) == ("/v1/traces", "gzip", 200)
+        assert (request.path, request.content_encoding, request.status) == ("/v1/traces", encoding, 200)
         assert request.headers["content-type"] == "application/x-protobuf"
         assert request.headers["x-api-key"] == "k2"
 
@@ -550,7 +557,7 @@ def test_metric_exporter_over_http(http_collector: OtlpHttpReceiver) -> None:
     point = http_collector.wait_for_metric("omnii.test.count")[0]
     assert point.value == 3
     request = http_collector.requests()[-1]
-    assert (request.path, request.content_encoding, request.headers["x-api-key"]) == ("/v1/metrics", "gzip", "m2")
+    assert (request.path, request.content_encoding, request.headers["x-api-key"]) == ("/v1/metrics", None, "m2")
 
 
 def test_metric_exporter_uses_a_signal_specific_endpoint_as_is(http_collector: OtlpHttpReceiver) -> None:

@@ -242,6 +242,7 @@ def build_span_exporter(config: ObservabilityConfig, sentry_dsn: str | None) -> 
                     protocol=protocol,
                     headers=dict(tracing.otlp_headers),
                     timeout=tracing.export_timeout,
+                    compression=tracing.otlp_traces_compression or tracing.otlp_compression,
                 )
             )
     rate = config.sentry_traces_sample_rate
@@ -283,6 +284,7 @@ def metric_exporter_from_config(
             dict(tracing.otlp_headers),
             tracing.export_timeout,
             metrics_endpoint=tracing.otlp_metrics_endpoint,
+            compression=tracing.otlp_metrics_compression or tracing.otlp_compression,
             durations=durations,
             **metric_preferences(tracing.metrics_temporality, tracing.metrics_histogram_aggregation),
         )

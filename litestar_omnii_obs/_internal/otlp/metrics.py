@@ -49,7 +49,7 @@ def build_metric_exporter(
     timeout: float = 10.0,
     *,
     metrics_endpoint: str | None = None,
-    compression: Compression | None = None,
+    compression: Compression = "none",
     insecure: bool | None = None,
     durations: RequestDurations | None = None,
     preferred_temporality: dict[type, AggregationTemporality] | None = None,
@@ -57,7 +57,7 @@ def build_metric_exporter(
 ) -> OtlpMetricExporter:
     """An exporter sending to ``metrics_endpoint`` (as is) or ``endpoint`` (generic) over ``protocol``.
 
-    ``http/protobuf``: ``/v1/metrics`` appended to a generic endpoint, gzip by default.
+    ``http/protobuf``: ``/v1/metrics`` appended to a generic endpoint.
     ``grpc`` (the ``grpc`` extra): ``MetricsService/Export``, TLS unless the scheme is ``http``.
     User-info in the URL is sent as ``Authorization: Basic``, never kept in the URL. Raises
     ``ImportError`` naming the extra when gRPC is asked for and grpcio is not installed.
@@ -75,7 +75,7 @@ def build_metric_exporter(
             address,
             headers=headers,
             timeout=timeout,
-            compression=compression or "none",
+            compression=compression,
             insecure=insecure,
             method=METRICS_EXPORT_METHOD,
             labels=_LABELS,
@@ -85,7 +85,7 @@ def build_metric_exporter(
             signal_url(endpoint, metrics_endpoint, "metrics"),
             headers=headers,
             timeout=timeout,
-            compression=compression or "gzip",
+            compression=compression,
             labels=_LABELS,
         )
     else:

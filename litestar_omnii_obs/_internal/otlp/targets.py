@@ -90,7 +90,7 @@ class CollectorTarget(Target):
     ``endpoint`` is the generic endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT``), ``traces_endpoint``
     the signal-specific one (used as is, and it wins). Over HTTP the generic one gets
     ``/v1/traces`` appended; over gRPC only the host and port count. ``compression``:
-    ``gzip`` or ``none`` (default: ``gzip`` over HTTP, ``none`` over gRPC). gRPC needs the
+    ``none`` (default, as the OTLP exporters') or ``gzip``. gRPC needs the
     ``grpc`` extra (``ImportError`` naming it otherwise).
     """
 
@@ -102,7 +102,7 @@ class CollectorTarget(Target):
         protocol: OtlpProtocol = "http/protobuf",
         headers: Mapping[str, str] | None = None,
         timeout: float = 10.0,
-        compression: Compression | None = None,
+        compression: Compression = "none",
         insecure: bool | None = None,
         credentials: Any = None,
         probe_interval: float = PROBE_INTERVAL,
@@ -120,7 +120,7 @@ class CollectorTarget(Target):
                 address,
                 headers=headers,
                 timeout=timeout,
-                compression=compression or "none",
+                compression=compression,
                 insecure=insecure,
                 credentials=credentials,
                 probe_interval=probe_interval,
@@ -133,7 +133,7 @@ class CollectorTarget(Target):
                 url,
                 headers=headers,
                 timeout=timeout,
-                compression=compression or "gzip",
+                compression=compression,
                 probe_interval=probe_interval,
                 max_kept=max_kept,
                 max_backoff=max_backoff,

@@ -18,13 +18,13 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import certifi
 import urllib3
 
-from litestar_omnii_obs._internal.config import redact_url
+from litestar_omnii_obs._internal.config import OtlpCompression, redact_url
 from litestar_omnii_obs._internal.health import (
     OUTAGE_OVERFLOW,
     PROBE_INTERVAL,
@@ -41,7 +41,7 @@ from litestar_omnii_obs._internal.health import (
 __all__ = ["Compression", "HealthLabels", "OtlpHttpTransport", "OtlpTransport", "Outcome", "split_credentials"]
 
 
-Compression = Literal["gzip", "none"]
+Compression = OtlpCompression
 #: Spans a transport keeps for a peer that is down (the SDK's default span queue size).
 MAX_KEPT = 2048
 _GZIP_LEVEL = 1  # protobuf spans compress about 9x at level 1 too; level 6 costs 3x the CPU for 2% smaller bodies

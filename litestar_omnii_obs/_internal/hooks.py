@@ -251,8 +251,23 @@ class RequestObserver:
                 await app(scope, receive, send)
                 return
             token = None if exchange.span is None else _attach_span(exchange)
+            opened = exchange
+
+            async def send_then_close(message: Message) -> None:
+                # Closed once the last byte is handed to the server, not before: the client has its whole
+                # answer while the line, the duration point and the span end are made (10-40 µs), and the
+                # server's writes of head and body follow each other as they do without the plugin.
+                await send(message)
+                if (
+                    message["type"] == "http.response.body"
+                    and not message.get("more_body", False)
+                    and state.get(_KEY) is opened
+                ):
+                    self._close(state, opened)
+
+            state: dict[str, Any] = scope  # type: ignore[assignment]
             try:
-                await app(scope, receive, send)
+                await app(scope, receive, send_then_close)
             except BaseException as exc:
                 _remember(exchange, exc)
                 raise
@@ -446,8 +461,8 @@ class RequestObserver:
         try:
             kind = event["type"]
             if kind == "http.response.body":
-                if not event.get("more_body", False):
-                    self._close(state, exchange)
+                if not exchange.in_middleware and not event.get("more_body", False):
+                    self._close(state, exchange)  # the middleware's requests close after the send
             elif kind == "http.response.start":
                 exchange.status = event["status"]
                 if self._enrich is not None:

@@ -87,9 +87,13 @@ class SpanBatcher(SpanProcessor):
         while not self._stopping:
             # While a target keeps spans for a peer that is down, wake for each probe window as well.
             kept = exporter.kept()
-            self._wake.wait(self.schedule_delay if not kept else min(self.schedule_delay, exporter.next_probe()))
+            full = self._wake.wait(self.schedule_delay if not kept else min(self.schedule_delay, exporter.next_probe()))
             self._wake.clear()
-            self._export_queued()
+            # Woken by a full batch: whole batches only, the rest waits to fill (as the SDK's processor
+            # does). Sending whatever had arrived meanwhile made requests of about 60 spans at 3,500
+            # spans/s (420 requests in 7 s instead of about 50), each costing the export thread
+            # 0.3-0.4 ms of Python and the event loop as many hand-overs of the GIL.
+            self._export_queued(whole_batches=full and not self._stopping)
             if exporter.kept():
                 with self._export_lock:
                     exporter.retry_kept()
@@ -99,10 +103,12 @@ class SpanBatcher(SpanProcessor):
                 self.exporter.retry_kept()
         self._done.set()
 
-    def _export_queued(self) -> None:
+    def _export_queued(self, *, whole_batches: bool = False) -> None:
+        """Export what is queued, ``max_batch`` spans a request; ``whole_batches``: leave a partial one queued."""
         queue, exporter = self._queue, self.exporter
+        least = self.max_batch if whole_batches else 1
         with self._export_lock:
-            while queue and not self._abandoned:
+            while len(queue) >= least and not self._abandoned:
                 with exporter.lock:  # off the queue and owed to the targets in one step (see abandon)
                     batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
                     claim = exporter.claim(batch)

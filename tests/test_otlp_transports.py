@@ -29,8 +29,8 @@ from sentry_sdk.utils import Dsn
 
 from litestar_omnii_obs._internal.health import parse_retry_after, sentry_rate_limit
 from litestar_omnii_obs._internal.otlp import CollectorTarget, FanOutSpanExporter, SentryTarget, signal_url
-from litestar_omnii_obs._internal.otlp.metrics import GRPC_EXTRA_HINT, OtlpMetricExporter, build_metric_exporter
-from litestar_omnii_obs._internal.otlp.transports import partial_success, retry_delay
+from litestar_omnii_obs._internal.otlp.metrics import OtlpMetricExporter, build_metric_exporter
+from litestar_omnii_obs._internal.otlp.transports import GRPC_EXTRA_HINT, partial_success, retry_delay
 from tests.conftest import free_port, wait_until
 from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver

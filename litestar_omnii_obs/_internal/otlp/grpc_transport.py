@@ -10,16 +10,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-try:
-    import grpc  # type: ignore[import-untyped]
-except ImportError as exc:  # pragma: no cover - exercised in a venv without the extra
-    raise ImportError(
-        "OTLP over gRPC needs grpcio: pip install 'litestar-omnii-obs[grpc]' (or use http/protobuf)"
-    ) from exc
-
 from litestar_omnii_obs._internal.config import redact_url
 from litestar_omnii_obs._internal.health import PROBE_INTERVAL
 from litestar_omnii_obs._internal.otlp.transports import (
+    GRPC_EXTRA_HINT,
     MAX_KEPT,
     USER_AGENT,
     Compression,
@@ -31,10 +25,18 @@ from litestar_omnii_obs._internal.otlp.transports import (
     split_credentials,
 )
 
-__all__ = ["METRICS_EXPORT_METHOD", "TRACE_EXPORT_METHOD", "OtlpGrpcTransport"]
+try:
+    import grpc  # type: ignore[import-untyped]
+except ImportError as exc:  # a venv without the extra (tests/test_packaging.py)
+    raise ImportError(f"OTLP over gRPC needs grpcio: {GRPC_EXTRA_HINT} (or use http/protobuf)") from exc
 
-TRACE_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-METRICS_EXPORT_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+__all__ = ["EXPORT_METHODS", "OtlpGrpcTransport"]
+
+#: Each signal's ``Export`` method.
+EXPORT_METHODS = {
+    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+}
 _RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
 #: gRPC codes for a request the server will never take (the others mean "down", "limited" or "try again").
 _REJECTING_CODES = frozenset({"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED", "NOT_FOUND"})
@@ -70,7 +72,7 @@ class OtlpGrpcTransport(OtlpTransport):
         compression: Compression = "none",
         insecure: bool | None = None,
         credentials: Any = None,
-        method: str = TRACE_EXPORT_METHOD,
+        method: str = EXPORT_METHODS["traces"],
         probe_interval: float = PROBE_INTERVAL,
         max_backoff: float = 60.0,
         max_kept: int = MAX_KEPT,

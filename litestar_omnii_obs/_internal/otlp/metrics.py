@@ -23,8 +23,8 @@ from opentelemetry.sdk.metrics.export import (
 
 from litestar_omnii_obs._internal.durations import SCOPE
 from litestar_omnii_obs._internal.otlp.metric_encoding import encode_metrics
-from litestar_omnii_obs._internal.otlp.targets import signal_url
-from litestar_omnii_obs._internal.otlp.transports import HealthLabels, OtlpHttpTransport
+from litestar_omnii_obs._internal.otlp.targets import collector_transport
+from litestar_omnii_obs._internal.otlp.transports import HealthLabels
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import Metric
@@ -34,12 +34,10 @@ if TYPE_CHECKING:
     from litestar_omnii_obs._internal.otlp.targets import OtlpProtocol
     from litestar_omnii_obs._internal.otlp.transports import Compression, OtlpTransport
 
-__all__ = ["GRPC_EXTRA_HINT", "OtlpMetricExporter", "build_metric_exporter", "metric_preferences"]
+__all__ = ["OtlpMetricExporter", "build_metric_exporter", "metric_preferences"]
 
 _LABELS = HealthLabels("OTLP metric export", "export", "OTEL_METRICS_EXPORTER=none")
 _DELTAS_LOST = "not sent while the collector was down (delta points)"
-#: What to install for OTLP over gRPC.
-GRPC_EXTRA_HINT = "pip install 'litestar-omnii-obs[grpc]'"
 
 
 def build_metric_exporter(
@@ -62,34 +60,17 @@ def build_metric_exporter(
     User-info in the URL is sent as ``Authorization: Basic``, never kept in the URL. Raises
     ``ImportError`` naming the extra when gRPC is asked for and grpcio is not installed.
     """
-    transport: OtlpTransport
-    if protocol == "grpc":
-        try:
-            from litestar_omnii_obs._internal.otlp.grpc_transport import METRICS_EXPORT_METHOD, OtlpGrpcTransport
-        except ImportError as exc:
-            raise ImportError(f"OTLP over gRPC needs grpcio: {GRPC_EXTRA_HINT} (or use http/protobuf)") from exc
-        address = metrics_endpoint or endpoint
-        if not address:
-            raise ValueError("no OTLP endpoint for metrics")
-        transport = OtlpGrpcTransport(
-            address,
-            headers=headers,
-            timeout=timeout,
-            compression=compression,
-            insecure=insecure,
-            method=METRICS_EXPORT_METHOD,
-            labels=_LABELS,
-        )
-    elif protocol == "http/protobuf":
-        transport = OtlpHttpTransport(
-            signal_url(endpoint, metrics_endpoint, "metrics"),
-            headers=headers,
-            timeout=timeout,
-            compression=compression,
-            labels=_LABELS,
-        )
-    else:
-        raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
+    transport = collector_transport(
+        "metrics",
+        endpoint,
+        metrics_endpoint,
+        protocol,
+        headers=headers,
+        timeout=timeout,
+        compression=compression,
+        insecure=insecure,
+        labels=_LABELS,
+    )
     return OtlpMetricExporter(
         transport,
         durations,

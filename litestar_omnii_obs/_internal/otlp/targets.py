@@ -10,7 +10,7 @@ process made its spans.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from litestar_omnii_obs._internal.config import OtlpProtocol
@@ -24,7 +24,7 @@ from litestar_omnii_obs._internal.otlp.transports import (
 )
 from litestar_omnii_obs._internal.sampling import ratio_bound, under_ratio
 
-__all__ = ["CollectorTarget", "OtlpProtocol", "SentryTarget", "Target", "signal_url"]
+__all__ = ["CollectorTarget", "OtlpProtocol", "SentryTarget", "Target", "collector_transport", "signal_url"]
 
 
 def signal_url(endpoint: str | None, signal_endpoint: str | None, signal: str) -> str:
@@ -39,6 +39,57 @@ def signal_url(endpoint: str | None, signal_endpoint: str | None, signal: str) -
         raise ValueError(f"no OTLP endpoint for {signal}")
     parts = urlsplit(endpoint)
     return parts._replace(path=f"{parts.path.rstrip('/')}/v1/{signal}").geturl()
+
+
+def collector_transport(
+    signal: Literal["traces", "metrics"],
+    endpoint: str | None,
+    signal_endpoint: str | None,
+    protocol: OtlpProtocol,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+    compression: Compression = "none",
+    insecure: bool | None = None,
+    credentials: Any = None,
+    labels: HealthLabels | None = None,
+    probe_interval: float = PROBE_INTERVAL,
+    max_kept: int = MAX_KEPT,
+    max_backoff: float = 60.0,
+) -> OtlpTransport:
+    """The transport to a collector for ``signal``: over HTTP to the signal's URL (:func:`signal_url`),
+    over gRPC to its ``Export`` method (only host and port count; grpcio is imported only here)."""
+    if protocol == "grpc":
+        from litestar_omnii_obs._internal.otlp.grpc_transport import EXPORT_METHODS, OtlpGrpcTransport
+
+        address = signal_endpoint or endpoint
+        if not address:
+            raise ValueError(f"no OTLP endpoint for {signal}")
+        return OtlpGrpcTransport(
+            address,
+            headers=headers,
+            timeout=timeout,
+            compression=compression,
+            insecure=insecure,
+            credentials=credentials,
+            method=EXPORT_METHODS[signal],
+            probe_interval=probe_interval,
+            max_kept=max_kept,
+            max_backoff=max_backoff,
+            labels=labels,
+        )
+    if protocol == "http/protobuf":
+        return OtlpHttpTransport(
+            signal_url(endpoint, signal_endpoint, signal),
+            headers=headers,
+            timeout=timeout,
+            compression=compression,
+            probe_interval=probe_interval,
+            max_kept=max_kept,
+            max_backoff=max_backoff,
+            labels=labels,
+        )
+    raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
 
 
 class Target:
@@ -109,37 +160,20 @@ class CollectorTarget(Target):
         max_kept: int = MAX_KEPT,
         max_backoff: float = 60.0,
     ) -> None:
-        transport: OtlpTransport
-        if protocol == "grpc":
-            from litestar_omnii_obs._internal.otlp.grpc_transport import OtlpGrpcTransport  # grpcio only for gRPC
-
-            address = traces_endpoint or endpoint
-            if not address:
-                raise ValueError("no OTLP endpoint for traces")
-            transport = OtlpGrpcTransport(
-                address,
-                headers=headers,
-                timeout=timeout,
-                compression=compression,
-                insecure=insecure,
-                credentials=credentials,
-                probe_interval=probe_interval,
-                max_kept=max_kept,
-                max_backoff=max_backoff,
-            )
-        elif protocol == "http/protobuf":
-            url = signal_url(endpoint, traces_endpoint, "traces")
-            transport = OtlpHttpTransport(
-                url,
-                headers=headers,
-                timeout=timeout,
-                compression=compression,
-                probe_interval=probe_interval,
-                max_kept=max_kept,
-                max_backoff=max_backoff,
-            )
-        else:
-            raise ValueError(f"unsupported OTLP protocol {protocol!r} (grpc or http/protobuf)")
+        transport = collector_transport(
+            "traces",
+            endpoint,
+            traces_endpoint,
+            protocol,
+            headers=headers,
+            timeout=timeout,
+            compression=compression,
+            insecure=insecure,
+            credentials=credentials,
+            probe_interval=probe_interval,
+            max_kept=max_kept,
+            max_backoff=max_backoff,
+        )
         super().__init__(transport)
         self.protocol = protocol
 

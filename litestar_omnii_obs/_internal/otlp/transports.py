@@ -38,10 +38,20 @@ from litestar_omnii_obs._internal.health import (
     sentry_rate_limit,
 )
 
-__all__ = ["Compression", "HealthLabels", "OtlpHttpTransport", "OtlpTransport", "Outcome", "split_credentials"]
+__all__ = [
+    "GRPC_EXTRA_HINT",
+    "Compression",
+    "HealthLabels",
+    "OtlpHttpTransport",
+    "OtlpTransport",
+    "Outcome",
+    "split_credentials",
+]
 
 
 Compression = OtlpCompression
+#: What to install for OTLP over gRPC (:mod:`.grpc_transport` says it when grpcio is missing).
+GRPC_EXTRA_HINT = "pip install 'litestar-omnii-obs[grpc]'"
 #: Spans a transport keeps for a peer that is down (the SDK's default span queue size).
 MAX_KEPT = 2048
 _GZIP_LEVEL = 1  # protobuf spans compress about 9x at level 1 too; level 6 costs 3x the CPU for 2% smaller bodies

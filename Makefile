@@ -53,7 +53,7 @@ LOWEST := .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.installed
 
 # Prints the constraints: every [project] dependency pinned to its lower bound (fails if one has none),
-# then requirements.lock's lines for the dev tools that are in no other dependency list.
+# then requirements.lock's lines for the dev tools that are in no other dependency list (not OpenTelemetry's).
 define LOWEST_CONSTRAINTS
 import re, sys, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
@@ -67,7 +67,8 @@ for dep in project["dependencies"]:
     print(f"{norm(req)}=={low.group(1)}" + (f"; {marker.strip()}" if marker else ""))
 others = {norm(d) for d in project["dependencies"]}
 others |= {norm(d) for group, deps in extras.items() if group != "dev" for d in deps}
-dev = {norm(d) for d in extras.get("dev", [])} - others
+# OpenTelemetry's packages move in lockstep with opentelemetry-sdk: pip picks those that fit its bound.
+dev = {norm(d) for d in extras.get("dev", []) if not norm(d).startswith("opentelemetry-")} - others
 for line in open("requirements.lock"):
     if line[:1].isalnum() and norm(line) in dev:
         print(line.strip())

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from litestar import Litestar, get, post
 from litestar.params import FromPath
+from litestar.testing import TestClient
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -282,6 +283,22 @@ def test_export_resumes_when_the_collector_comes_back(sink: Path, obs_log: list[
     messages = [r.getMessage() for r in obs_log if receiver.endpoint in r.getMessage()]
     assert sum("trace export" in m and "is failing" in m for m in messages) == 1
     assert sum("trace export" in m and "recovered" in m for m in messages) == 1
+
+
+@pytest.mark.parametrize(("protocol", "warned"), [("http/protobuf", True), ("grpc", False)])
+def test_the_grpc_port_over_http_is_warned_about_at_start_up(
+    protocol: str, warned: bool, sink: Path, obs_log: list[logging.LogRecord]
+) -> None:
+    # A collector address from the days gRPC was the default: over http/protobuf every export would fail.
+    config = config_for("http://127.0.0.1:4317", sink, otlp_protocol=protocol, export_timeout=0.5)
+    with TestClient(app_with(config)) as client:
+        assert client.get("/users/1").status_code == 200
+    said = [r.getMessage() for r in obs_log if "port 4317 is OTLP/gRPC's" in r.getMessage()]
+    if warned:
+        assert len(said) == 2, said  # traces and metrics, each once
+        assert all("OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in m for m in said)
+    else:
+        assert said == []
 
 
 def test_no_endpoint_warns_once_and_still_gives_request_ids(sink: Path, obs_log: list[logging.LogRecord]) -> None:

@@ -605,6 +605,10 @@ def test_partial_success_and_retry_info_are_read_as_protobuf_writes_them() -> No
     assert retry_delay(info) == 3.5
     assert retry_delay(b"") is None
     assert retry_delay(b"\xff") is None
+    # int64 fields: a negative value is not read as 2**64 - 1 (a peer never tried again, all counted lost).
+    negative = ExportTraceServiceResponse(partial_success=ExportTracePartialSuccess(rejected_spans=-1))
+    assert partial_success(negative.SerializeToString()) == (0, "")
+    assert retry_delay(RetryInfo(retry_delay=Duration(seconds=-1)).SerializeToString()) == 0.0
 
 
 # --------------------------------------------------------------------------- metric temporality
@@ -644,3 +648,17 @@ def test_delta_points_not_sent_to_a_dead_collector_are_counted_lost() -> None:
     cumulative = build_metric_exporter(dead, timeout=1.0)
     _export_one_metric(cumulative)
     assert cumulative.health.dropped == 0  # cumulative points: the next accepted export carries them
+
+
+def test_a_metric_export_that_cannot_be_encoded_is_counted_lost_and_raises_nothing(
+    http_collector: OtlpHttpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter = build_metric_exporter(http_collector.endpoint, timeout=2.0)
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=60_000)
+    provider = MeterProvider(resource=Resource.create({"service.name": "metric-test"}), metric_readers=[reader])
+    provider.get_meter("metric-test").create_counter("omnii.test.huge").add(2**64)  # beyond OTLP's int64
+    provider.force_flush()
+    provider.shutdown()
+    assert exporter.health.lost() == {"could not be encoded": 2}  # the flush and the shutdown's export
+    assert http_collector.requests() == []
+    assert sum("could not be encoded" in r.getMessage() for r in caplog.records) == 1  # logged once

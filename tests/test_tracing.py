@@ -383,3 +383,22 @@ def test_otel_resource_attributes_are_added(
     [span] = receiver.spans()
     assert span.resource_attributes["team"] == "payments"
     assert span.resource_attributes["service.name"] == "svc-under-test"
+
+
+def test_a_metrics_protocol_that_cannot_load_stops_start_up_and_leaves_no_thread(
+    receiver: OtlpHttpReceiver, sink: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from litestar_omnii_obs import ConfigError
+
+    monkeypatch.setitem(sys.modules, "grpc", None)  # as without the grpc extra
+    monkeypatch.delitem(sys.modules, "litestar_omnii_obs._internal.otlp.grpc_transport", raising=False)
+    before = {t.name for t in threading.enumerate()}
+    config = config_for(receiver.endpoint, sink, otlp_metrics_protocol="grpc")
+    with pytest.raises(BaseException) as failed, TestClient(app_with(config)):  # noqa: PT011 - the group's, below
+        pass
+    wanted = r"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL(.|\n)*litestar-omnii-obs\[grpc\]"
+    assert isinstance(failed.value, ConfigError) or failed.group_contains(ConfigError, match=wanted), failed.value
+    left = {t.name for t in threading.enumerate() if t.is_alive()} - before
+    assert not {name for name in left if name.startswith("omnii-obs")}, left

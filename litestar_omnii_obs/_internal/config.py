@@ -250,7 +250,8 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     prints them to stderr when they do not go to a collector (as ``console=True``)."""
     metrics_temporality: MetricsTemporality = "cumulative"
     """``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``, as the SDK's OTLP exporters read it: ``delta``
-    and ``lowmemory`` export counters and histograms as deltas (an export that fails then loses them, counted)."""
+    and ``lowmemory`` export the SDK's counters and histograms as deltas (an export that fails then loses
+    them, counted); ``http.server.request.duration`` stays cumulative."""
     metrics_histogram_aggregation: HistogramAggregation = "explicit_bucket_histogram"
     """``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION`` for the SDK's histograms (the request
     durations always use the semantic-convention buckets)."""

@@ -280,7 +280,7 @@ _BOOL = "one of true, false, 1, 0, yes, no, on, off"
 _URL = "a URL like http://host:4317"
 _PROTOCOL = "one of grpc, http/protobuf"
 _COMPRESSIONS: tuple[str, ...] = get_args(OtlpCompression)
-_COMPRESSION = "one of none, gzip"
+_COMPRESSION = "one of none, gzip (any case)"
 _MS = f"a positive integer (milliseconds) up to {_MAX_INT}"
 _COUNT = f"a positive integer up to {_MAX_INT}"
 
@@ -352,17 +352,17 @@ VARIABLES: tuple[EnvVar, ...] = (
     EnvVar("OTEL_EXPORTER_OTLP_PROTOCOL", "tracing.otlp_protocol", _choice(*_PROTOCOLS), _PROTOCOL),
     EnvVar("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "tracing.otlp_traces_protocol", _choice(*_PROTOCOLS), _PROTOCOL),
     EnvVar("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "tracing.otlp_metrics_protocol", _choice(*_PROTOCOLS), _PROTOCOL),
-    EnvVar("OTEL_EXPORTER_OTLP_COMPRESSION", "tracing.otlp_compression", _choice(*_COMPRESSIONS), _COMPRESSION),
+    EnvVar("OTEL_EXPORTER_OTLP_COMPRESSION", "tracing.otlp_compression", _lower_choice(*_COMPRESSIONS), _COMPRESSION),
     EnvVar(
         "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
         "tracing.otlp_traces_compression",
-        _choice(*_COMPRESSIONS),
+        _lower_choice(*_COMPRESSIONS),
         _COMPRESSION,
     ),
     EnvVar(
         "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
         "tracing.otlp_metrics_compression",
-        _choice(*_COMPRESSIONS),
+        _lower_choice(*_COMPRESSIONS),
         _COMPRESSION,
     ),
     EnvVar(

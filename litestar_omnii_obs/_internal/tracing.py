@@ -310,8 +310,9 @@ def _warn_grpc_port_over_http(tracing: TracingConfig) -> None:
             continue
         if port == _OTLP_GRPC_PORT:
             _logger.warning(
-                "OTLP %s go to %s over http/protobuf (the default protocol), but port 4317 is OTLP/gRPC's: "
-                "set OTEL_EXPORTER_OTLP_PROTOCOL=grpc (pip install 'litestar-omnii-obs[grpc]') or use port 4318",
+                "OTLP %s go to %s over http/protobuf, but port 4317 is OTLP/gRPC's: set "
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc (or its per-signal form; pip install 'litestar-omnii-obs[grpc]') "
+                "or use port 4318",
                 signal,
                 redact_url(endpoint),
             )
@@ -336,6 +337,12 @@ def setup_telemetry(
     resource = build_resource(config)
     _warn_grpc_port_over_http(tracing)
     exporter = build_span_exporter(config, sentry_dsn)
+    try:  # before any thread starts: a metrics protocol that cannot load (no grpcio) leaves nothing running
+        meter_provider, durations, metric_exporter = _metrics(config, resource)
+    except BaseException:
+        if exporter is not None:
+            exporter.shutdown()
+        raise
     # With nobody to receive spans, record none: trace ids still exist for X-Request-ID and logs.
     consumers = bool(exporter or tracing.console or extra_processors or capture_exporter)
     ids = PresetTraceIds()
@@ -347,7 +354,6 @@ def setup_telemetry(
     processors, batcher = _span_processors(config, exporter, capture_exporter)
     for processor in [*processors, *extra_processors]:
         tracer_provider.add_span_processor(processor)
-    meter_provider, durations, metric_exporter = _metrics(config, resource)
     if tracing.set_global_provider:
         route_global_provider()
     return Telemetry(

@@ -9,6 +9,7 @@ for metrics as for spans. Imported only when metrics are exported: the SDK's met
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from litestar_omnii_obs._internal.durations import SCOPE
+from litestar_omnii_obs._internal.health import ENCODING
 from litestar_omnii_obs._internal.otlp.metric_encoding import encode_metrics
 from litestar_omnii_obs._internal.otlp.targets import collector_transport
 from litestar_omnii_obs._internal.otlp.transports import HealthLabels
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OtlpMetricExporter", "build_metric_exporter", "metric_preferences"]
 
+_logger = logging.getLogger("litestar_omnii_obs")
 _LABELS = HealthLabels("OTLP metric export", "export", "OTEL_METRICS_EXPORTER=none")
 _DELTAS_LOST = "not sent while the collector was down (delta points)"
 
@@ -131,9 +134,9 @@ class OtlpMetricExporter(MetricExporter):
     """Each periodic export as one OTLP request (with the request durations added); one outage rule.
 
     While the collector is down an export is attempted at most every probe interval
-    (:attr:`health`); points are cumulative, so an export skipped or failed loses nothing as
-    long as a later one is accepted. Only a final export at shutdown that fails loses data,
-    and is counted.
+    (:attr:`health`). Cumulative points (the default) lose nothing when an export is skipped or
+    fails, as long as a later one is accepted: only a final export at shutdown that fails loses
+    data, counted. With delta temporality every skipped or failed export is counted as lost.
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class OtlpMetricExporter(MetricExporter):
         self.durations = durations
         #: Set by the app's shutdown: the next export is the last one, attempted whatever the outage state.
         self.final = False
+        self._encoding_failed = False
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         final = self.final
@@ -160,14 +164,29 @@ class OtlpMetricExporter(MetricExporter):
             if self.deltas:
                 health.lose(1, _DELTAS_LOST)
             return MetricExportResult.FAILURE  # down: cumulative points wait for the next probe
-        extra = self.durations.metric() if self.durations is not None else None
-        if extra is not None:
-            metrics_data = _with_extra(metrics_data, extra)
-        outcome = self.transport.post_once(encode_metrics(metrics_data))
+        try:
+            extra = self.durations.metric() if self.durations is not None else None
+            if extra is not None:
+                metrics_data = _with_extra(metrics_data, extra)
+            body = encode_metrics(metrics_data)
+        except Exception as exc:  # a point OTLP cannot carry (an int beyond int64): not the collector's fault
+            health.lose(1, ENCODING)
+            if not self._encoding_failed:
+                self._encoding_failed = True
+                _logger.error(
+                    "an OTLP metric export could not be encoded (%s: %s); it is counted as lost",
+                    type(exc).__name__,
+                    exc,
+                )
+            return MetricExportResult.FAILURE
+        outcome = self.transport.post_once(body)
         if outcome.ok:
             health.succeeded(1, outcome.pause)
             if outcome.refused or outcome.message:
-                health.refused(outcome.refused, outcome.message)
+                # One export, some of whose points were refused: the count of points goes in the message.
+                health.refused(
+                    1 if outcome.refused else 0, outcome.message or f"{outcome.refused} data point(s) refused"
+                )
             return MetricExportResult.SUCCESS
         health.failed(outcome.reason, retry_after=outcome.retry_after, limited=outcome.limited)
         if self.deltas:

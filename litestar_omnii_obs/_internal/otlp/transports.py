@@ -143,17 +143,25 @@ def _read_fields(data: bytes) -> dict[int, int | bytes]:
     return fields
 
 
+def _int64(value: int | bytes) -> int:
+    """A varint field read as protobuf's int64 (two's complement); 0 for a field of another wire type."""
+    if not isinstance(value, int):
+        return 0
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def partial_success(response: bytes) -> tuple[int, str]:
     """An OTLP ``Export*ServiceResponse``'s partial success: (items refused, the server's message).
 
     Traces and metrics share the layout: field 1 a message of (1: rejected count, 2: error message).
+    A negative count (an int64 on the wire) reads as 0.
     """
     try:
         partial = _read_fields(response).get(1, b"")
         fields = _read_fields(partial) if isinstance(partial, bytes) else {}
-        rejected, message = fields.get(1, 0), fields.get(2, b"")
+        message = fields.get(2, b"")
         return (
-            rejected if isinstance(rejected, int) else 0,
+            max(0, _int64(fields.get(1, 0))),
             message.decode("utf-8", "replace") if isinstance(message, bytes) else "",
         )
     except ValueError:  # not an OTLP answer (a proxy's page): nothing to learn from it
@@ -161,7 +169,8 @@ def partial_success(response: bytes) -> tuple[int, str]:
 
 
 def retry_delay(retry_info: bytes) -> float | None:
-    """Seconds in a ``google.rpc.RetryInfo`` (``retry_delay``: a Duration of seconds and nanos), if any."""
+    """Seconds in a ``google.rpc.RetryInfo`` (``retry_delay``: a Duration of int64 seconds and int32 nanos),
+    if any; a negative one reads as 0."""
     try:
         delay = _read_fields(retry_info).get(1)
         if not isinstance(delay, bytes):
@@ -169,10 +178,7 @@ def retry_delay(retry_info: bytes) -> float | None:
         fields = _read_fields(delay)
     except ValueError:
         return None
-    seconds, nanos = fields.get(1, 0), fields.get(2, 0)
-    if not isinstance(seconds, int) or not isinstance(nanos, int):
-        return None
-    return seconds + nanos / 1e9
+    return max(0.0, _int64(fields.get(1, 0)) + _int64(fields.get(2, 0)) / 1e9)
 
 
 class OtlpTransport(ABC):
@@ -181,8 +187,8 @@ class OtlpTransport(ABC):
     Why one interface: the fan-out exporter treats a collector over gRPC, a collector over
     HTTP and Sentry alike, and the outage behaviour lives in one place (:attr:`health`).
     While the endpoint is down its requests are kept, up to ``max_kept`` spans (the oldest
-    go first, counted), and sent oldest first once a probe succeeds.
-    Only the span processor's worker thread sends; :meth:`abandon` may come from another.
+    go first, counted), and sent oldest first once a probe succeeds. One thread sends at a time
+    (the span batcher's worker, or the metric reader's); :meth:`abandon` may come from another.
     """
 
     def __init__(
@@ -321,7 +327,7 @@ class OtlpHttpTransport(OtlpTransport):
     """OTLP/HTTP: a POST of ``application/x-protobuf`` through urllib3 (already here via sentry-sdk).
 
     ``url`` is the full signal URL (``.../v1/traces``, or Sentry's OTLP traces URL). One
-    kept-alive connection: only the span processor's worker thread sends.
+    kept-alive connection (a second sender at the same moment gets a connection of its own).
     """
 
     def __init__(

@@ -162,7 +162,7 @@ BAD_BY_KIND: dict[tuple[str, ...], tuple[str, ...]] = {
         "OTEL_EXPORTER_OTLP_COMPRESSION",
         "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
         "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
-    ): ("zstd", "GZIP", "gzip ", "deflate", "true"),
+    ): ("zstd", "gz", "deflate", "true", "gzip,none"),
     ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",): ("deltas", "cumulative,delta", "0", "low_memory"),
     ("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",): (
         "exponential",

@@ -25,8 +25,8 @@ from tests.peers.sentry_ingest import SentryIngest
 __all__ = ["CountingOtlpHttpReceiver", "CountingOtlpReceiver", "CountingSentryIngest", "Peers"]
 
 
-class CountingOtlpReceiver(OtlpReceiver):
-    """Answers every Export OK and only counts spans and metric exports."""
+class _ExportCounts:
+    """What a counting collector keeps: spans received and metric exports, nothing else."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,43 +34,39 @@ class CountingOtlpReceiver(OtlpReceiver):
         self.span_count = 0
         self.metric_exports = 0
 
-    def _handle(self, signal: Any, request: Any, context: Any) -> None:
-        if signal == "traces":
-            n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-            with self._lock:
-                self.span_count += n
-        else:
-            with self._lock:
+    def _count(self, spans: int | None) -> None:
+        """``spans`` of one trace export, or ``None`` for one metric export."""
+        with self._lock:
+            if spans is None:
                 self.metric_exports += 1
+            else:
+                self.span_count += spans
 
     def reset(self) -> None:
         with self._lock:
             self.span_count = self.metric_exports = 0
 
 
-class CountingOtlpHttpReceiver(OtlpHttpReceiver):
-    """OTLP/HTTP: answers every POST 200 (an empty protobuf answer) and only counts spans and metric exports."""
+class CountingOtlpReceiver(_ExportCounts, OtlpReceiver):
+    """OTLP/gRPC: answers every Export OK and only counts spans and metric exports."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self.span_count = 0
-        self.metric_exports = 0
+    def _handle(self, signal: Any, request: Any, context: Any) -> None:
+        if signal == "traces":
+            self._count(sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans))
+        else:
+            self._count(None)
+
+
+class CountingOtlpHttpReceiver(_ExportCounts, OtlpHttpReceiver):
+    """OTLP/HTTP: answers every POST 200 (an empty protobuf answer) and only counts spans and metric exports."""
 
     def _handle(self, handler: Any) -> None:
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
         if handler.path.startswith("/v1/traces"):
-            spans = _count_otlp_http_spans(body, handler.headers.get("Content-Encoding"))
-            with self._lock:
-                self.span_count += spans
+            self._count(_count_otlp_http_spans(body, handler.headers.get("Content-Encoding")))
         else:
-            with self._lock:
-                self.metric_exports += 1
+            self._count(None)
         handler.respond(200, b"", {})
-
-    def reset(self) -> None:
-        with self._lock:
-            self.span_count = self.metric_exports = 0
 
 
 class CountingSentryIngest(SentryIngest):

@@ -327,6 +327,24 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
         return self.otlp_traces_endpoint or self.otlp_endpoint
 
     @property
+    def traces_protocol(self) -> OtlpProtocol:
+        """The protocol spans go over: ``otlp_traces_protocol``, else ``otlp_protocol``."""
+        return self.otlp_traces_protocol or self.otlp_protocol
+
+    @property
+    def metrics_protocol(self) -> OtlpProtocol:
+        """The protocol metrics go over: ``otlp_metrics_protocol``, else ``otlp_protocol``."""
+        return self.otlp_metrics_protocol or self.otlp_protocol
+
+    @property
+    def traces_compression(self) -> OtlpCompression:
+        return self.otlp_traces_compression or self.otlp_compression
+
+    @property
+    def metrics_compression(self) -> OtlpCompression:
+        return self.otlp_metrics_compression or self.otlp_compression
+
+    @property
     def metrics_endpoint(self) -> str | None:
         """Where OTLP metrics go: the signal-specific endpoint, else the base one (``None`` with exporter ``none``)."""
         if "otlp" not in self.metrics_exporter:

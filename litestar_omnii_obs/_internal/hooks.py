@@ -251,7 +251,8 @@ class RequestObserver:
                 await app(scope, receive, send)
                 return
             token = None if exchange.span is None else _attach_span(exchange)
-            opened = exchange
+            state: dict[str, Any] = scope  # type: ignore[assignment]
+            opened = exchange  # not Optional inside the closure
 
             async def send_then_close(message: Message) -> None:
                 # Closed once the last byte is handed to the server, not before: the client has its whole
@@ -265,7 +266,6 @@ class RequestObserver:
                 ):
                     self._close(state, opened)
 
-            state: dict[str, Any] = scope  # type: ignore[assignment]
             try:
                 await app(scope, receive, send_then_close)
             except BaseException as exc:

@@ -22,7 +22,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -233,16 +233,15 @@ def build_span_exporter(config: ObservabilityConfig, sentry_dsn: str | None) -> 
     if tracing.traces_endpoint:
         from litestar_omnii_obs._internal.otlp import CollectorTarget
 
-        protocol = tracing.otlp_traces_protocol or tracing.otlp_protocol
-        with _protocol_needs(config, "traces", protocol):
+        with _protocol_needs(tracing, "traces"):
             targets.append(
                 CollectorTarget(
                     tracing.otlp_endpoint,
                     traces_endpoint=tracing.otlp_traces_endpoint,
-                    protocol=protocol,
+                    protocol=tracing.traces_protocol,
                     headers=dict(tracing.otlp_headers),
                     timeout=tracing.export_timeout,
-                    compression=tracing.otlp_traces_compression or tracing.otlp_compression,
+                    compression=tracing.traces_compression,
                 )
             )
     rate = config.sentry_traces_sample_rate
@@ -258,13 +257,13 @@ def build_span_exporter(config: ObservabilityConfig, sentry_dsn: str | None) -> 
 
 
 @contextmanager
-def _protocol_needs(config: ObservabilityConfig, signal: str, protocol: str) -> Iterator[None]:
+def _protocol_needs(tracing: TracingConfig, signal: Literal["traces", "metrics"]) -> Iterator[None]:
     """A protocol whose library is not installed (grpcio for ``grpc``) fails start-up naming the variable."""
     try:
         yield
     except ImportError as exc:
-        tracing = config.tracing
         own = tracing.otlp_traces_protocol if signal == "traces" else tracing.otlp_metrics_protocol
+        protocol = tracing.traces_protocol if signal == "traces" else tracing.metrics_protocol
         name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL" if own else "OTEL_EXPORTER_OTLP_PROTOCOL"
         raise ConfigError([(name, protocol, str(exc))]) from exc
 
@@ -276,15 +275,14 @@ def metric_exporter_from_config(
     from litestar_omnii_obs._internal.otlp.metrics import build_metric_exporter, metric_preferences
 
     tracing = config.tracing
-    protocol = tracing.otlp_metrics_protocol or tracing.otlp_protocol
-    with _protocol_needs(config, "metrics", protocol):
+    with _protocol_needs(tracing, "metrics"):
         return build_metric_exporter(
             tracing.otlp_endpoint,
-            protocol,
+            tracing.metrics_protocol,
             dict(tracing.otlp_headers),
             tracing.export_timeout,
             metrics_endpoint=tracing.otlp_metrics_endpoint,
-            compression=tracing.otlp_metrics_compression or tracing.otlp_compression,
+            compression=tracing.metrics_compression,
             durations=durations,
             **metric_preferences(tracing.metrics_temporality, tracing.metrics_histogram_aggregation),
         )
@@ -298,11 +296,11 @@ _OTLP_GRPC_PORT = 4317
 def _warn_grpc_port_over_http(tracing: TracingConfig) -> None:
     """One warning per signal sent over ``http/protobuf`` to port 4317 (the old default's port)."""
     signals = (
-        ("traces", tracing.traces_endpoint, tracing.otlp_traces_protocol),
-        ("metrics", tracing.metrics_endpoint, tracing.otlp_metrics_protocol),
+        ("traces", tracing.traces_endpoint, tracing.traces_protocol),
+        ("metrics", tracing.metrics_endpoint, tracing.metrics_protocol),
     )
-    for signal, endpoint, own_protocol in signals:
-        if not endpoint or (own_protocol or tracing.otlp_protocol) != "http/protobuf":
+    for signal, endpoint, protocol in signals:
+        if not endpoint or protocol != "http/protobuf":
             continue
         try:
             port = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").port

@@ -187,7 +187,8 @@ def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(parts)
 
 
-def _count(number: int, value: int) -> bytes:
+def _uint(number: int, value: int) -> bytes:
+    """A varint field (wire type 0), left out when zero (implicit presence)."""
     return _varint(number << 3) + _varint(value) if value else b""
 
 
@@ -212,7 +213,7 @@ def _name(name: str) -> bytes:
 def _event(event: Event) -> bytes:
     """One ``Span.Event`` (field 11): time, name, attributes and their dropped count."""
     body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
-    body += _text(2, event.name) + _attributes(3, event.attributes) + _count(4, event.dropped_attributes)
+    body += _text(2, event.name) + _attributes(3, event.attributes) + _uint(4, event.dropped_attributes)
     return _field(11, body)
 
 
@@ -220,7 +221,7 @@ def _link(link: Link) -> bytes:
     """One ``Span.Link`` (field 13): the linked context, attributes, dropped count and remote flags."""
     body = b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
     body += b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
-    body += _attributes(4, link.attributes) + _count(5, link.dropped_attributes) + _flags(6, link.context)
+    body += _attributes(4, link.attributes) + _uint(5, link.dropped_attributes) + _flags(6, link.context)
     return _field(13, body)
 
 
@@ -231,7 +232,7 @@ def _status(status: Status | None) -> bytes:
     code = status.status_code
     if code is StatusCode.UNSET and not status.description:
         return _UNSET_STATUS
-    return _field(15, _text(2, status.description or "") + _count(3, code.value))
+    return _field(15, _text(2, status.description or "") + _uint(3, code.value))
 
 
 def _span(span: ReadableSpan) -> bytes:
@@ -257,13 +258,13 @@ def _span(span: ReadableSpan) -> bytes:
     if span.end_time:
         parts.append(b"\x41" + _pack_fixed64(span.end_time))
     parts.append(_attributes(9, span.attributes))
-    parts.append(_count(10, span.dropped_attributes))
+    parts.append(_uint(10, span.dropped_attributes))
     for event in span.events:
         parts.append(_event(event))
-    parts.append(_count(12, span.dropped_events))
+    parts.append(_uint(12, span.dropped_events))
     for link in span.links:
         parts.append(_link(link))
-    parts.append(_count(14, span.dropped_links))
+    parts.append(_uint(14, span.dropped_links))
     parts.append(_status(span.status))
     parts.append(_flags(16, parent))
     return b"".join(parts)

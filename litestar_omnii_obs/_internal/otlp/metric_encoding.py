@@ -33,6 +33,7 @@ from litestar_omnii_obs._internal.otlp.encoding import (
     _pack_fixed64,
     _scope_parts,
     _text,
+    _uint,
     _varint,
 )
 
@@ -46,11 +47,6 @@ __all__ = ["encode_metrics"]
 
 _logger = logging.getLogger(__name__)
 _pack_sfixed64 = struct.Struct("<q").pack  # ``as_int``; out of int64 range raises, as protobuf does
-
-
-def _uint(number: int, value: int) -> bytes:
-    """A varint field (wire type 0), left out when zero (implicit presence)."""
-    return _varint(number << 3) + _varint(value) if value else b""
 
 
 def _sint(number: int, value: int) -> bytes:

@@ -73,6 +73,25 @@ def test_a_long_outage_never_stretches_the_probe_window(clock: Clock) -> None:
     assert health.attempts == 50
 
 
+def test_at_shutdown_a_down_peer_gets_one_last_attempt_but_a_rate_limit_holds(clock: Clock) -> None:
+    down = PeerHealth("http://collector", clock=clock)
+    assert down.begin()
+    down.failed("connection refused")
+    assert not down.begin()  # inside the probe window
+    down.last_chance()
+    assert down.begin()  # the last attempt, now
+    assert not down.begin()  # one only: the rest waits for that attempt's outcome
+    limited = PeerHealth("http://collector", clock=clock)
+    limited.failed("HTTP 429", retry_after=30.0)
+    limited.last_chance()
+    assert not limited.begin()  # the server asked for a pause: it holds, even at shutdown
+    up = PeerHealth("http://collector", clock=clock)
+    up.last_chance()
+    assert up.begin()
+    assert down.attempts == 2
+    assert limited.attempts == 0
+
+
 def test_rate_limits_back_off_and_retry_after_is_obeyed(clock: Clock) -> None:
     health = PeerHealth("http://collector", clock=clock, max_backoff=8.0)
     health.failed("HTTP 429", limited=True)

@@ -29,7 +29,7 @@ from litestar_omnii_obs import (
     capture_error,
     timed_operation,
 )
-from tests.conftest import free_port, serve
+from tests.conftest import free_port, serve, wait_until
 from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 
@@ -257,6 +257,23 @@ def test_event_captured_just_before_shutdown_is_delivered(ingest: SentryIngest, 
         assert httpx.get(url + "/boom").status_code == 500
     # serve() returned: the lifespan exit flushed Sentry before the server stopped.
     assert [exception_types(e) for e in ingest.events()] == [["RuntimeError"]]
+
+
+def test_an_event_kept_while_sentry_failed_is_sent_at_shutdown_if_sentry_is_back(
+    ingest: SentryIngest, sink: Path, obs_log: list[logging.LogRecord]
+) -> None:
+    app = app_with(config_for(ingest.dsn, sink))
+    with serve(app) as url:
+        ingest.status = 500
+        assert httpx.get(url + "/boom").status_code == 500
+        assert wait_until(lambda: ingest.requests_received >= 1)  # refused: kept, probe in 2 s
+        ingest.status = 200
+    # Shut down inside the probe window: the last attempt at shutdown delivers what was kept.
+    assert [exception_types(e) for e in ingest.events()] == [["RuntimeError"]]
+    messages = [r.getMessage() for r in obs_log if "Sentry event sending" in r.getMessage()]
+    assert sum("recovered" in m for m in messages) == 1, messages
+    messages = [r.getMessage() for r in obs_log]  # Sentry's OTLP endpoint (the spans) lost nothing either
+    assert not any("delivered" in m for m in messages), messages  # the shutdown report: nothing lost
 
 
 @pytest.mark.parametrize(

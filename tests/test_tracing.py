@@ -31,6 +31,7 @@ from litestar_omnii_obs import (
 from tests.conftest import free_port, read_lines, serve
 from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver
+from tests.peers.tcp_peers import HungPeer, ResettingPeer
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
@@ -283,6 +284,50 @@ def test_export_resumes_when_the_collector_comes_back(sink: Path, obs_log: list[
     messages = [r.getMessage() for r in obs_log if receiver.endpoint in r.getMessage()]
     assert sum("trace export" in m and "is failing" in m for m in messages) == 1
     assert sum("trace export" in m and "recovered" in m for m in messages) == 1
+
+
+def test_spans_kept_while_the_collector_was_down_are_sent_at_shutdown_if_it_is_back(
+    sink: Path, obs_log: list[logging.LogRecord]
+) -> None:
+    receiver = OtlpHttpReceiver(port=free_port()).start()
+    plugin = ObservabilityPlugin(config_for(receiver.endpoint, sink, export_timeout=1.0))
+    try:
+        with TestClient(Litestar(route_handlers=[get_user], plugins=[plugin])) as client:
+            provider = plugin.tracer_provider
+            assert isinstance(provider, TracerProvider)
+            receiver.stop()
+            client.get("/users/1")
+            provider.force_flush()  # connection refused: kept, and the next probe is 2 s away
+            receiver.start()
+        # Shut down inside the probe window: the last attempt at shutdown delivers what was kept.
+        assert [s.attributes["url.path"] for s in receiver.spans()] == ["/users/1"]
+    finally:
+        receiver.stop()
+    messages = [r.getMessage() for r in obs_log if "trace export" in r.getMessage()]
+    assert sum("is failing" in m for m in messages) == 1, messages
+    assert sum("recovered" in m for m in messages) == 1, messages
+    assert not any("delivered" in m for m in messages), messages  # the shutdown report: nothing lost
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("refused", "1 final export not delivered (points since the last accepted export)"),
+        ("hung", "1 final export cut off by the shutdown timeout"),
+    ],
+)
+def test_a_final_metric_export_that_does_not_arrive_is_counted(
+    fault: str, reason: str, sink: Path, obs_log: list[logging.LogRecord]
+) -> None:
+    peer = HungPeer() if fault == "hung" else ResettingPeer()
+    with peer:
+        # The hung collector holds the export longer than the shutdown waits: the shutdown gives up on it.
+        config = config_for(peer.endpoint, sink, export_timeout=10.0, shutdown_timeout=0.5, traces_exporter=("none",))
+        with TestClient(app_with(config)) as client:
+            assert client.get("/users/1").status_code == 200
+    reports = [r.getMessage() for r in obs_log if "metric export" in r.getMessage() and "delivered" in r.getMessage()]
+    assert len(reports) == 1, reports
+    assert f"0 export(s) delivered, 1 lost ({reason})" in reports[0]
 
 
 @pytest.mark.parametrize(("protocol", "warned"), [("http/protobuf", True), ("grpc", False)])

@@ -10,6 +10,8 @@ OTLP endpoint, Sentry's event ingest) has one :class:`PeerHealth`, and follows t
 * **Rate-limited** (429, 503, gRPC ``RESOURCE_EXHAUSTED``, ``Retry-After``,
   ``X-Sentry-Rate-Limits``): no send until the server's window ends; without a window the
   pause doubles from ``probe_interval`` up to ``max_backoff`` while the server keeps limiting.
+* **At shutdown** a down peer gets one last attempt whatever its probe window
+  (:meth:`PeerHealth.last_chance`), bounded by the shutdown's own timeout; a rate limit holds.
 * One WARNING when an outage starts, one when it ends; nothing per request or per batch.
 * Every item not delivered is counted here, by reason (:meth:`lose`), so shutdown can report
   exactly what each destination lost (:meth:`summary`). No count comes from another library's
@@ -160,6 +162,7 @@ class PeerHealth:
         self._lock = threading.Lock()
         self._failing = False
         self._limited = 0  # consecutive rate-limited answers without a window of the server's
+        self._server_pause = False  # the current pause is the server's (a rate limit), not a probe window
         self._next_try = 0.0
         self._since = 0.0
         self._lost: dict[str, int] = {}
@@ -216,6 +219,16 @@ class PeerHealth:
             self.attempts += 1
             return True
 
+    def last_chance(self) -> None:
+        """The process is stopping: let one more attempt through now, whatever the probe window.
+
+        Why: a peer that came back less than a probe window before shutdown would otherwise lose
+        everything kept for it. A pause the server asked for (a rate limit) is kept.
+        """
+        with self._lock:
+            if self._failing and not self._server_pause:
+                self._next_try = 0.0
+
     def pause_remaining(self) -> float:
         """Seconds until the next send may be attempted (0 when one may be now)."""
         with self._lock:
@@ -231,6 +244,7 @@ class PeerHealth:
             if pause is None or pause <= 0:
                 self._failing = False
                 self._limited = 0
+                self._server_pause = False
                 self._next_try = 0.0
                 self._lost_in_outage = 0
         if pause is not None and pause > 0:
@@ -289,6 +303,7 @@ class PeerHealth:
             self.last_reason = reason
             now = self._clock()
             self._next_try = max(self._next_try, now + max(0.0, delay)) if limited else now + max(0.0, delay)
+            self._server_pause = limited
             first = not self._failing
             if first:
                 self._failing = True

@@ -432,6 +432,8 @@ class _SharedClient:
         if last:
             remove_external_propagation_context()
             transport = client.transport
+            if isinstance(transport, QuietHttpTransport):
+                transport.health.last_chance()  # kept events get one more try, whatever the probe window
             client.close(timeout=timeout)
             if isinstance(transport, QuietHttpTransport):
                 transport.finish()

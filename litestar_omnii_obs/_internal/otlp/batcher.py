@@ -97,10 +97,12 @@ class SpanBatcher(SpanProcessor):
             if exporter.kept():
                 with self._export_lock:
                     exporter.retry_kept()
+        # Stopping: one last attempt for a peer that is down, or what it kept is lost to a probe window.
+        exporter.last_chance()
         self._export_queued()
         if not self._abandoned:
             with self._export_lock:
-                self.exporter.retry_kept()
+                exporter.retry_kept()
         self._done.set()
 
     def _export_queued(self, *, whole_batches: bool = False) -> None:

@@ -116,6 +116,11 @@ class FanOutSpanExporter(SpanExporter):
         for target in self.targets:
             target.transport.retry_kept()
 
+    def last_chance(self) -> None:
+        """Shutdown: each target that is down gets one more attempt now (see :meth:`PeerHealth.last_chance`)."""
+        for target in self.targets:
+            target.health.last_chance()
+
     def abandon(self) -> None:
         """Shutdown's bound is reached: what is kept, on the wire or not yet handed over counts as lost."""
         self._lose_unsent(STILL_QUEUED)

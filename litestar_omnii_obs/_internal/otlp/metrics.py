@@ -10,6 +10,7 @@ for metrics as for spans. Imported only when metrics are exported: the SDK's met
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,9 @@ __all__ = ["OtlpMetricExporter", "build_metric_exporter", "metric_preferences"]
 _logger = logging.getLogger("litestar_omnii_obs")
 _LABELS = HealthLabels("OTLP metric export", "export", "OTEL_METRICS_EXPORTER=none")
 _DELTAS_LOST = "not sent while the collector was down (delta points)"
+#: The last export at shutdown did not reach the collector: what it carried is gone with the process.
+_FINAL_LOST = "final export not delivered (points since the last accepted export)"
+_FINAL_CUT_OFF = "final export cut off by the shutdown timeout"
 
 
 def build_metric_exporter(
@@ -153,16 +157,23 @@ class OtlpMetricExporter(MetricExporter):
         self.transport = transport
         self.health = transport.health
         self.durations = durations
-        #: Set by the app's shutdown: the next export is the last one, attempted whatever the outage state.
+        #: Set by the app's shutdown: the next export is the last one (a down collector gets one last attempt).
         self.final = False
         self._encoding_failed = False
+        self._lock = threading.Lock()
+        self._final_done = False  # the final export's outcome is counted
+        self._cut_off = False  # the shutdown gave up first: the final export was counted as lost then
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         final = self.final
         health = self.health
-        if not final and not health.begin():
+        if final:
+            health.last_chance()
+        if not health.begin():
             if self.deltas:
                 health.lose(1, _DELTAS_LOST)
+            elif final:
+                self._count_final()
             return MetricExportResult.FAILURE  # down: cumulative points wait for the next probe
         try:
             extra = self.durations.metric() if self.durations is not None else None
@@ -180,6 +191,8 @@ class OtlpMetricExporter(MetricExporter):
                 )
             return MetricExportResult.FAILURE
         outcome = self.transport.post_once(body)
+        if final and not self._finish_final():
+            return MetricExportResult.FAILURE  # counted when the shutdown gave up on it
         if outcome.ok:
             health.succeeded(1, outcome.pause)
             if outcome.refused or outcome.message:
@@ -192,8 +205,26 @@ class OtlpMetricExporter(MetricExporter):
         if self.deltas:
             health.lose(1, _DELTAS_LOST)
         elif final:
-            health.lose(1, "final export failed (points since the last accepted export)")
+            health.lose(1, _FINAL_LOST)
         return MetricExportResult.FAILURE
+
+    def _count_final(self) -> None:
+        if self._finish_final():
+            self.health.lose(1, _FINAL_LOST)
+
+    def _finish_final(self) -> bool:
+        """The final export ended: ``True`` if its outcome is still ours to count (the shutdown did not give up)."""
+        with self._lock:
+            self._final_done = True
+            return not self._cut_off
+
+    def abandon(self) -> None:
+        """The shutdown's bound is reached: a final export not finished (or not begun) is counted as lost, once."""
+        with self._lock:
+            if self._final_done or self._cut_off:
+                return
+            self._cut_off = True
+        self.health.lose(1, _FINAL_CUT_OFF)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return True  # every export is sent when it is made

@@ -191,9 +191,8 @@ def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
                 time.sleep(1.5)  # let at least one export fail while it is down
                 receiver.start()
                 marks["restarted"] = time.time()
-                # The peer is probed every 2 s while down: the rest of the traffic comes after the next probe
-                # window, so a run that ends sooner (a loaded CI machine) still shows whether export resumed.
-                time.sleep(2.2)
+                # No wait for the next probe window: a run that ends inside it (a loaded machine) still
+                # delivers what was kept, by the last attempt at shutdown.
 
         try:
             result = run(server, flap)

@@ -74,6 +74,7 @@ class QuietHttpTransport(SentryHttpTransport):
         self._lock = threading.Lock()
         self._submitted = 0
         self._probe: threading.Timer | None = None
+        self._killed = False  # the client closed: no probe, and no retry that would restart sentry-sdk's worker
 
     def pool_options(self, options: dict[str, Any]) -> dict[str, Any]:
         options["retries"] = False
@@ -150,15 +151,23 @@ class QuietHttpTransport(SentryHttpTransport):
     def _schedule_probe(self) -> None:
         """Try again when the probe window ends, even if no new event comes to trigger it."""
         with self._lock:
-            if self._probe is not None and self._probe.is_alive():
+            if self._killed or (self._probe is not None and self._probe.is_alive()):
                 return
             self._probe = threading.Timer(self.health.pause_remaining() + 0.01, self._submit_retry)
             self._probe.daemon = True
             self._probe.start()
 
     def _submit_retry(self) -> None:
-        if self._kept:
+        if self._kept and not self._killed:  # sentry-sdk's submit() restarts a killed worker
             self.submit(self._retry_kept)
+
+    def kill(self) -> None:
+        """The client closed (after its flush): stop probing; what is still kept is counted by :meth:`finish`."""
+        with self._lock:
+            self._killed = True
+            if self._probe is not None:
+                self._probe.cancel()
+        super().kill()
 
     def flush(self, timeout: float, callback: Any = None) -> None:
         if self._kept and timeout > 0:

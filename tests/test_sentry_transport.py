@@ -1,8 +1,7 @@
-"""Sentry's event transport (sentry_transport.py) against a real peer on 127.0.0.1: what happens after the client closes."""
+"""Sentry's event transport (sentry_transport.py) with a real peer on 127.0.0.1: after the client closes."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import sentry_sdk

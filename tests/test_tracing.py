@@ -28,7 +28,7 @@ from litestar_omnii_obs import (
     log_metric,
     timed_operation,
 )
-from tests.conftest import free_port, read_lines, serve
+from tests.conftest import free_port, read_lines, serve, wait_until
 from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.otlp_receiver import OtlpReceiver
 from tests.peers.tcp_peers import HungPeer, ResettingPeer
@@ -328,6 +328,24 @@ def test_a_final_metric_export_that_does_not_arrive_is_counted(
     reports = [r.getMessage() for r in obs_log if "metric export" in r.getMessage() and "delivered" in r.getMessage()]
     assert len(reports) == 1, reports
     assert f"0 export(s) delivered, 1 lost ({reason})" in reports[0]
+
+
+def test_a_final_delta_export_held_by_a_rate_limit_is_counted_once(
+    monkeypatch: pytest.MonkeyPatch, sink: Path, obs_log: list[logging.LogRecord]
+) -> None:
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")  # the SDK's reader: an export every 0.1 s
+    with OtlpHttpReceiver() as receiver:
+        receiver.fail_with(429, retry_after=30)
+        config = config_for(receiver.endpoint, sink, metrics_temporality="delta", traces_exporter=("none",))
+        with TestClient(app_with(config)) as client:
+            assert client.get("/users/1").status_code == 200
+            assert wait_until(lambda: receiver.requests_received >= 1)  # 429: no export for 30 s
+        assert receiver.requests_received == 1  # the final export too waited: the server's pause holds
+    (report,) = [r.getMessage() for r in obs_log if "metric export" in r.getMessage() and "delivered" in r.getMessage()]
+    # Each export held back lost its delta points, the final one included, each counted once.
+    assert "cut off" not in report, report
+    lost = int(report.split("delivered, ")[1].split(" lost")[0])
+    assert f"{lost} not sent while the collector was down (delta points)" in report, report
 
 
 @pytest.mark.parametrize(("protocol", "warned"), [("http/protobuf", True), ("grpc", False)])

@@ -170,10 +170,12 @@ class OtlpMetricExporter(MetricExporter):
         if final:
             health.last_chance()
         if not health.begin():
+            if final and not self._finish_final():
+                return MetricExportResult.FAILURE  # counted when the shutdown gave up on it
             if self.deltas:
                 health.lose(1, _DELTAS_LOST)
             elif final:
-                self._count_final()
+                health.lose(1, _FINAL_LOST)
             return MetricExportResult.FAILURE  # down: cumulative points wait for the next probe
         try:
             extra = self.durations.metric() if self.durations is not None else None
@@ -181,6 +183,8 @@ class OtlpMetricExporter(MetricExporter):
                 metrics_data = _with_extra(metrics_data, extra)
             body = encode_metrics(metrics_data)
         except Exception as exc:  # a point OTLP cannot carry (an int beyond int64): not the collector's fault
+            if final and not self._finish_final():
+                return MetricExportResult.FAILURE
             health.lose(1, ENCODING)
             if not self._encoding_failed:
                 self._encoding_failed = True
@@ -208,12 +212,11 @@ class OtlpMetricExporter(MetricExporter):
             health.lose(1, _FINAL_LOST)
         return MetricExportResult.FAILURE
 
-    def _count_final(self) -> None:
-        if self._finish_final():
-            self.health.lose(1, _FINAL_LOST)
-
     def _finish_final(self) -> bool:
-        """The final export ended: ``True`` if its outcome is still ours to count (the shutdown did not give up)."""
+        """The final export ended: ``True`` if its outcome is still ours to count (the shutdown did not give up).
+
+        Every way out of the final export passes here once, so :meth:`abandon` never counts it a second time.
+        """
         with self._lock:
             self._final_done = True
             return not self._cut_off

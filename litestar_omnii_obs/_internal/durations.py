@@ -24,7 +24,6 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import Metric
 
-
 __all__ = ["HTTP_DURATION_BUCKETS", "RequestDurations"]
 
 #: Semantic-convention bucket boundaries for ``http.server.request.duration`` (seconds).

@@ -431,11 +431,11 @@ class _SharedClient:
         client = sentry_sdk.get_client()
         if last:
             remove_external_propagation_context()
-            transport = client.transport
-            if isinstance(transport, QuietHttpTransport):
+            transport = client.transport if isinstance(client.transport, QuietHttpTransport) else None
+            if transport is not None:
                 transport.health.last_chance()  # kept events get one more try, whatever the probe window
             client.close(timeout=timeout)
-            if isinstance(transport, QuietHttpTransport):
+            if transport is not None:
                 transport.finish()
                 transport.health.report()
         else:

@@ -192,17 +192,15 @@ class Telemetry:
                     self.metric_exporter.final = True
                 if self.meter_provider is not None:
                     self.meter_provider.shutdown(timeout_millis=timeout * 1000)
-                if self.metric_exporter is not None:
-                    # The SDK's shutdown stops waiting for its final export after the timeout; one still
-                    # running then is lost with the process, and counted now, before the report.
-                    self.metric_exporter.abandon()
 
             if not await run_bounded(work, timeout, "otel-shutdown"):
                 _logger.warning("OpenTelemetry shutdown did not finish within %.1fs; unsent spans are dropped", timeout)
                 if self.batcher is not None:
                     self.batcher.abandon()  # what is still queued or on the wire is counted as lost
-                if self.metric_exporter is not None:
-                    self.metric_exporter.abandon()  # so is the final metric export, if it did not finish
+            if self.metric_exporter is not None:
+                # A final export not finished by now (our bound, or the SDK's shutdown, stopped waiting for it)
+                # is lost with the process: counted before the report; a finished one is left as it is.
+                self.metric_exporter.abandon()
         if self.span_exporter is not None:
             self.span_exporter.report()
         if self.metric_exporter is not None:

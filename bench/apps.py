@@ -32,6 +32,34 @@ def bare_app() -> Litestar:
     return Litestar(route_handlers=HANDLERS)
 
 
+def hooks_app() -> Litestar:
+    """Litestar with the three hook points the plugin uses, each doing nothing: what Litestar itself spends.
+
+    A route middleware that wraps ``send`` (any first route middleware also makes Litestar put an exception
+    layer between it and the handler), an app-level ``before_send`` and an ``after_exception``.
+    """
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def observe(scope: Scope, receive: Receive, send: Send) -> None:
+            async def send_through(message: Message) -> None:
+                await send(message)
+
+            await app(scope, receive, send_through)
+
+        return observe
+
+    async def before_send(message: Message, scope: Scope) -> None:
+        return None
+
+    async def after_exception(exc: Exception, scope: Scope) -> None:
+        return None
+
+    return Litestar(
+        route_handlers=HANDLERS, middleware=[middleware], before_send=[before_send], after_exception=[after_exception]
+    )
+
+
 def obs_app() -> Litestar:
     from litestar_omnii_obs import ObservabilityConfig, ObservabilityPlugin
 
@@ -101,6 +129,7 @@ def prometheus_app() -> Litestar:
 
 BUILDERS = {
     "bare": bare_app,
+    "bare-hooks": hooks_app,
     "obs": obs_app,
     "litestar-otel": litestar_otel_app,
     "sentry-litestar": sentry_litestar_app,
@@ -136,6 +165,7 @@ def build(name: str) -> Any:
 #: What each app imports beyond Litestar: the cold-start table times these apart from building the app.
 IMPORTS: dict[str, tuple[str, ...]] = {
     "bare": (),
+    "bare-hooks": (),
     "obs": ("litestar_omnii_obs",),
     "litestar-otel": (
         "litestar.plugins.opentelemetry",

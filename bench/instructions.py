@@ -23,7 +23,10 @@ Two ways to run a variant:
 Needs valgrind (Debian's ``valgrind``); about 40 s a variant in-process, 90 s under uvicorn, on two
 cores. Standalone only::
 
-    .venv/bin/python -m bench.instructions [--uvicorn] [variant,variant,...]   # default: bare and the four targets
+    .venv/bin/python -m bench.instructions [--uvicorn] [variant,variant,...]  # default: bare, bare-hooks, 4 targets
+
+``bare-hooks`` is the floor: Litestar with the plugin's three hook points, each empty (``bench.apps.hooks_app``).
+What a variant adds over it is the plugin's own work; what it adds over bare includes Litestar's.
 
 To compare two commits, run it from a worktree of each (the worker imports the package from its folder).
 """
@@ -48,7 +51,7 @@ from bench.servers import PATH, SERVERS
 ROOT = Path(__file__).resolve().parent.parent
 N1, N2 = 300, 1300
 WARM_UP = 300
-DEFAULT = ("bare", "obs-latency", "obs-default", "obs-prod", "obs-all100")
+DEFAULT = ("bare", "bare-hooks", "obs-latency", "obs-default", "obs-prod", "obs-all100")
 _TOTAL = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 #: (request thread, other threads): instructions of one run.

@@ -102,6 +102,13 @@ _OURS = frozenset({"latency records", "traces", "Sentry errors", "metrics"})
 
 VARIANTS: tuple[Variant, ...] = (
     Variant(BARE, "bare", "Litestar alone", _env()),
+    Variant(
+        "bare-hooks",
+        "bare-hooks",
+        "floor: Litestar with the plugin's three hook points, each empty (a route middleware wrapping send, "
+        "app-level before_send and after_exception): what Litestar itself spends on any per-route observer",
+        _env(),
+    ),
     # ---------------------------------------------------------------- ours, configured by environment only
     Variant(
         "obs-latency",
@@ -109,7 +116,7 @@ VARIANTS: tuple[Variant, ...] = (
         "plugin, latency records only: OMNII_OBS_TRACING=false, no SENTRY_DSN",
         _env(OMNII_OBS_TRACING="false"),
         target_us=5,
-        target_share=0.95,
+        target_share=0.92,  # issue 22's restated HTTP share targets (0.92, 0.80, 0.65)
         features=frozenset({"latency records"}),
     ),
     Variant(
@@ -130,7 +137,7 @@ VARIANTS: tuple[Variant, ...] = (
         uses_otlp=True,
         uses_sentry=True,
         target_us=15,
-        target_share=0.85,
+        target_share=0.80,
         target_cold=(150, 18),
         target_p99=1.1,
         features=_OURS | {"Sentry perf"},
@@ -174,7 +181,7 @@ VARIANTS: tuple[Variant, ...] = (
         uses_otlp=True,
         uses_sentry=True,
         target_us=40,
-        target_share=0.60,
+        target_share=0.65,
         target_p99=1.3,
         features=_OURS,
     ),

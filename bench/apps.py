@@ -9,12 +9,15 @@ the way their docs show, exporting only to the benchmark's own peers on 127.0.0.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, get
 from litestar.params import FromPath
 
 from bench import variants
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 
 @get("/users/{user_id:int}")
@@ -38,7 +41,6 @@ def hooks_app() -> Litestar:
     A route middleware that wraps ``send`` (any first route middleware also makes Litestar put an exception
     layer between it and the handler), an app-level ``before_send`` and an ``after_exception``.
     """
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def observe(scope: Scope, receive: Receive, send: Send) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from litestar import Litestar, get
 from litestar.testing import TestClient
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanKind, StatusCode
 
 from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, SentryConfig, timed_operation
@@ -103,3 +104,36 @@ def test_an_ended_span_takes_nothing_more_and_ends_once() -> None:
     assert dict(readable.attributes or {}) == {"a": 1}
     assert readable.events == ()
     assert readable.get_span_context().trace_flags.sampled  # type: ignore[union-attr]
+
+
+class _AppProcessor(SpanProcessor):
+    """What an app might add to the plugin's provider: it stamps each span as it starts."""
+
+    def __init__(self) -> None:
+        self.parents: list[int] = []
+        self.ended: list[str] = []
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.parents.append(trace.get_current_span(parent_context).get_span_context().span_id)
+        span.set_attribute("app.stamped", True)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span.name)
+
+
+def test_a_processor_the_app_adds_once_running_sees_each_server_span_start_and_end(
+    obs_capture: ObservabilityCapture,
+) -> None:
+    plugin = ObservabilityPlugin(ObservabilityConfig(metrics=MetricsConfig(sink="off")))
+    with TestClient(Litestar(route_handlers=[work], plugins=[plugin])) as client:
+        provider = plugin.tracer_provider
+        assert isinstance(provider, TracerProvider)
+        added = _AppProcessor()
+        provider.add_span_processor(added)
+        client.get("/work", headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+    assert added.ended == ["db", "user-span", "GET /work (renamed)"]
+    [server] = [span for span in obs_capture.spans if span.kind is SpanKind.SERVER]
+    server_id = server.context.span_id  # type: ignore[union-attr]
+    assert added.parents == [0xB7AD6B7169203331, server_id, server_id]  # in the caller's context, then in its own
+    assert server.attributes is not None
+    assert server.attributes["app.stamped"] is True  # what it set on start is exported

@@ -17,7 +17,7 @@ from litestar import Litestar, get, post
 from litestar.params import FromPath
 from litestar.testing import TestClient
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 from litestar_omnii_obs import (
     GraphQueryMetric,
@@ -250,6 +250,17 @@ def test_with_metrics_turned_off_a_traces_only_backend_gets_no_metric_export(
     assert not [r for r in obs_log if "is failing" in r.getMessage() or "lost" in r.getMessage()]
 
 
+class EndedSpans(SpanProcessor):
+    """Counts the spans a provider ends, each once the plugin's own processor (added before) has taken it."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.count = 0
+        provider.add_span_processor(self)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.count += 1
+
+
 # A collector stopped and restarted: a slow real-server test, run by `make test`, not `make test-fast`.
 @pytest.mark.reliability
 def test_export_resumes_when_the_collector_comes_back(sink: Path, obs_log: list[logging.LogRecord]) -> None:
@@ -261,10 +272,13 @@ def test_export_resumes_when_the_collector_comes_back(sink: Path, obs_log: list[
         with serve(app) as url, httpx.Client(base_url=url) as client:
             provider = plugin.tracer_provider
             assert isinstance(provider, TracerProvider)
+            ended = EndedSpans(provider)
             client.get("/users/1")
+            assert wait_until(lambda: ended.count == 1)  # a server ends the span after its client has the answer
             provider.force_flush(5000)
             receiver.stop()
             client.get("/users/2")
+            assert wait_until(lambda: ended.count == 2)  # flushed with the collector down, not after it is back
             provider.force_flush(5000)
             receiver.start()
             # While the collector is down its spans are kept and it is probed every 2 s; once a probe
@@ -379,7 +393,7 @@ _OWN_PROVIDER_SCRIPT = """
 import logging, sys
 from litestar.testing import TestClient
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tests.test_tracing import app_with, config_for

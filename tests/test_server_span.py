@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from litestar import Litestar, get
 from litestar.testing import TestClient
 from opentelemetry import trace
@@ -28,6 +30,12 @@ async def work() -> str:
     with trace.get_tracer("user").start_as_current_span("user-span"):
         pass
     return "ok"
+
+
+@get("/plain")
+async def plain() -> str:
+    with trace.get_tracer("user").start_as_current_span("user-span"):
+        return "ok"
 
 
 @get("/fail")
@@ -137,3 +145,18 @@ def test_a_processor_the_app_adds_once_running_sees_each_server_span_start_and_e
     assert added.parents == [0xB7AD6B7169203331, server_id, server_id]  # in the caller's context, then in its own
     assert server.attributes is not None
     assert server.attributes["app.stamped"] is True  # what it set on start is exported
+
+
+def test_a_processor_added_where_no_span_is_recorded_is_told_so_once(obs_log: list[logging.LogRecord]) -> None:
+    plugin = ObservabilityPlugin(ObservabilityConfig(metrics=MetricsConfig(sink="off")))  # no exporter: no span
+    with TestClient(Litestar(route_handlers=[plain], plugins=[plugin])) as client:
+        provider = plugin.tracer_provider
+        assert isinstance(provider, TracerProvider)
+        added = _AppProcessor()
+        provider.add_span_processor(added)
+        provider.add_span_processor(_AppProcessor())
+        assert client.get("/plain").status_code == 200
+    assert added.ended == []
+    [told] = [r.getMessage() for r in obs_log if "span processor was added" in r.getMessage()]
+    assert "records no span" in told
+    assert "opentelemetry.trace.set_tracer_provider" in told

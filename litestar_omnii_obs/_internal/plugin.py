@@ -60,7 +60,8 @@ class ObservabilityPlugin(InitPlugin, CLIPluginProtocol):
     def tracer_provider(self) -> TracerProvider | None:
         """The app's tracer provider while it runs (``None`` before start-up, after shutdown, or without tracing).
 
-        For instrumenting other libraries with the same provider, or ``force_flush()`` in a test.
+        For instrumenting other libraries with the same provider, or ``force_flush()`` in a test. A span
+        processor added to it gets every recorded span, the requests' server spans included.
         """
         return None if self._runtime is None else self._runtime.tracer_provider
 

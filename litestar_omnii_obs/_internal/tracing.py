@@ -358,7 +358,7 @@ def setup_telemetry(
         tracer_provider.add_span_processor(processor)
     # sentry-sdk's span processor needs the SDK's own spans (on_start): ServerSpans only without it.
     server_spans = None if extra_processors else ServerSpans(processors, resource, SCOPE)
-    tracer_provider.server_spans = server_spans
+    tracer_provider.server_spans, tracer_provider.records_none = server_spans, sampling.never
     if tracing.set_global_provider:
         route_global_provider()
     return Telemetry(
@@ -376,14 +376,27 @@ def setup_telemetry(
 
 
 class _PluginTracerProvider(TracerProvider):
-    """The provider the plugin builds: a processor the app adds later also gets the requests' server spans."""
+    """The provider the plugin builds: a processor the app adds later also gets the requests' server spans.
+
+    Unless the configuration records no span at all (no exporter, or a sampler that keeps none): that
+    is decided at start-up, so the processor would get nothing, and the app is told once.
+    """
 
     server_spans: ServerSpans | None = None
+    records_none = False
 
     def add_span_processor(self, span_processor: SpanProcessor) -> None:
         super().add_span_processor(span_processor)
         if self.server_spans is not None:
             self.server_spans.add(span_processor)
+        if self.records_none:
+            self.records_none = False  # said once
+            _logger.warning(
+                "a span processor was added to the plugin's tracer provider, which records no span with this"
+                " configuration (no span exporter, or OTEL_TRACES_SAMPLER keeps none); for spans of your own,"
+                " set a TracerProvider with opentelemetry.trace.set_tracer_provider before the app starts:"
+                " the plugin uses it (OMNII_OBS_USE_APP_PROVIDER)"
+            )
 
 
 def _adopt_provider(

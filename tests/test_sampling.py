@@ -132,3 +132,21 @@ def test_the_callers_baggage_is_current_with_the_request_span(
     assert after["baggage"] == {}
     assert after["trace_id"] != CALLER_TRACE
     assert len(obs_capture.spans) == (1 if flags == "01" else 0) + (1 if sampler == "parentbased_always_on" else 0)
+
+
+@get("/always", opt={"observability": {"traces": 1.0}})
+async def always() -> str:
+    return "traced"
+
+
+def test_a_route_with_its_own_rate_is_recorded_and_ended_under_a_sampler_that_keeps_none(
+    obs_capture: ObservabilityCapture,
+) -> None:
+    # always_off, no kept statuses, no duration metric: only the route's rate records a span, and it is ended.
+    quiet = config(sampler="always_off", keep_statuses=frozenset(), metrics_exporter=("none",))
+    with TestClient(Litestar(route_handlers=[ping, always], plugins=[ObservabilityPlugin(quiet)])) as client:
+        assert client.get("/ping").status_code == 200
+        assert client.get("/always").status_code == 200
+    assert [(s.name, (s.attributes or {}).get("http.response.status_code")) for s in obs_capture.spans] == [
+        ("GET /always", 200)
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from litestar import Litestar, get
 from litestar.testing import TestClient
 from opentelemetry import trace
@@ -12,7 +13,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanKind, StatusCode
 
-from litestar_omnii_obs import MetricsConfig, ObservabilityConfig, ObservabilityPlugin, SentryConfig, timed_operation
+from litestar_omnii_obs import (
+    MetricsConfig,
+    ObservabilityConfig,
+    ObservabilityPlugin,
+    SentryConfig,
+    TracingConfig,
+    timed_operation,
+)
 from litestar_omnii_obs._internal.server_span import ServerSpan, ServerSpans
 from litestar_omnii_obs.testing import ObservabilityCapture
 
@@ -36,6 +44,11 @@ async def work() -> str:
 async def plain() -> str:
     with trace.get_tracer("user").start_as_current_span("user-span"):
         return "ok"
+
+
+@get("/rated", opt={"observability": {"traces": 1.0}})
+async def rated() -> str:
+    return "ok"
 
 
 @get("/fail")
@@ -149,14 +162,35 @@ def test_a_processor_the_app_adds_once_running_sees_each_server_span_start_and_e
 
 def test_a_processor_added_where_no_span_is_recorded_is_told_so_once(obs_log: list[logging.LogRecord]) -> None:
     plugin = ObservabilityPlugin(ObservabilityConfig(metrics=MetricsConfig(sink="off")))  # no exporter: no span
-    with TestClient(Litestar(route_handlers=[plain], plugins=[plugin])) as client:
+    with TestClient(Litestar(route_handlers=[plain, rated], plugins=[plugin])) as client:
         provider = plugin.tracer_provider
         assert isinstance(provider, TracerProvider)
         added = _AppProcessor()
         provider.add_span_processor(added)
         provider.add_span_processor(_AppProcessor())
         assert client.get("/plain").status_code == 200
-    assert added.ended == []
+        assert client.get("/rated").headers["x-request-id"]  # a route's own rate records nothing either
+    assert (added.parents, added.ended) == ([], [])  # no span started that would never end
     [told] = [r.getMessage() for r in obs_log if "span processor was added" in r.getMessage()]
     assert "records no span" in told
     assert "opentelemetry.trace.set_tracer_provider" in told
+
+
+@pytest.mark.obs_capture(sampling="app")
+def test_a_kept_span_reaches_a_processor_the_app_added_in_the_callers_context(
+    obs_capture: ObservabilityCapture,
+) -> None:
+    # always_off drops the request; its 500 keeps the server span, started only as the request ends.
+    config = ObservabilityConfig(metrics=MetricsConfig(sink="off"), tracing=TracingConfig(sampler="always_off"))
+    plugin = ObservabilityPlugin(config)
+    with TestClient(Litestar(route_handlers=[fail], plugins=[plugin])) as client:
+        provider = plugin.tracer_provider
+        assert isinstance(provider, TracerProvider)
+        added = _AppProcessor()
+        provider.add_span_processor(added)
+        caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        assert client.get("/fail", headers={"traceparent": caller}).status_code == 500
+    assert (added.parents, added.ended) == ([0xB7AD6B7169203331], ["GET /fail"])
+    [kept] = obs_capture.spans
+    assert kept.attributes is not None
+    assert (kept.attributes["omnii.kept"], kept.attributes["app.stamped"]) == ("status", True)

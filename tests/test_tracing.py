@@ -393,7 +393,7 @@ _OWN_PROVIDER_SCRIPT = """
 import logging, sys
 from litestar.testing import TestClient
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tests.test_tracing import app_with, config_for

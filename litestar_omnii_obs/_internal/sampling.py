@@ -81,19 +81,22 @@ class ServerSampling:
     spans, ``timed_operation``), so both decide the same for the same trace.
     """
 
-    __slots__ = ("_sampler_failed", "bound", "parent_based", "rate")
+    __slots__ = ("_sampler_failed", "bound", "never", "parent_based", "rate")
 
-    def __init__(self, rate: float, parent_based: bool) -> None:
+    def __init__(self, rate: float, parent_based: bool, *, never: bool = False) -> None:
         self.rate = rate
         self.parent_based = parent_based
         self.bound = ratio_bound(rate)
+        #: No span is ever recorded, whatever a route's rule or the caller: nothing would receive it. A
+        #: sampler that keeps none is not this: kept spans and routes with their own rate are still recorded.
+        self.never = never
         self._sampler_failed = False
 
     @classmethod
     def from_config(cls, config: ObservabilityConfig, consumers: bool) -> ServerSampling:
         """``OTEL_TRACES_SAMPLER`` (and ``_ARG``); unset, parent-based at the Sentry rate; nothing without consumers."""
         if not consumers:
-            return cls(0.0, False)
+            return cls(0.0, False, never=True)
         tracing = config.tracing
         name = tracing.sampler
         if name is None:
@@ -101,11 +104,6 @@ class ServerSampling:
         fixed = {"always_on": 1.0, "always_off": 0.0, "parentbased_always_on": 1.0, "parentbased_always_off": 0.0}
         arg = 1.0 if tracing.sampler_arg is None else tracing.sampler_arg
         return cls(fixed.get(name, arg), name.startswith("parentbased_"))
-
-    @property
-    def never(self) -> bool:
-        """Whether no server span is ever recorded (rate 0 and not following the caller's flag)."""
-        return self.rate <= 0.0 and not self.parent_based
 
     def sdk_sampler(self) -> Sampler:
         """The SDK sampler that decides as :meth:`sample_root` and :meth:`sampled` do."""
@@ -151,6 +149,8 @@ class ServerSampling:
         """
         parent_context = _valid_parent(parent)
         trace_id = parent_context.trace_id if parent_context is not None else _getrandbits(128) or 1
+        if self.never:
+            return False, trace_id, parent_context
         if route_bound is not None:
             return self._by_route(route_bound, trace_id, parent_context), trace_id, parent_context
         assert sampler is not None

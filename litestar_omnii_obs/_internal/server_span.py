@@ -9,8 +9,8 @@ it) and is itself the SDK ``ReadableSpan`` it hands, when the request ends, to t
 processors of the provider the plugin built: the same spans reach the same exporters, for
 about 2 µs instead of 17 (measured by ``make bench``; the README's performance section
 breaks the figures down). A processor the app adds to that provider once it runs gets
-``on_start`` and ``on_end`` too. Not used with sentry-sdk's span processor, which needs
-the SDK's own spans.
+``on_start`` and ``on_end`` too (not the SDK's private ``_on_ending``). Not used with
+sentry-sdk's span processor, which gets the SDK's own spans it is written against.
 """
 
 from __future__ import annotations

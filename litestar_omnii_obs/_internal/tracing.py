@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -142,14 +143,14 @@ class Telemetry:
         self,
         name: str,
         trace_id: int,
-        parent_context: SpanContext | None,
+        caller: SpanContext | None,
         parent: Context | None,
         attributes: dict[str, Any],
     ) -> Span:
-        """A server span the sampling decision kept, in the trace it was decided for."""
+        """A server span the sampling decision kept, in the trace it was decided for (``caller``: the caller's span)."""
         if self.server_spans is not None:
-            return self.server_spans.start(name, trace_id, new_span_id(), parent_context, attributes, None, parent)
-        if parent_context is None:
+            return self.server_spans.start(name, trace_id, new_span_id(), caller, attributes, parent_context=parent)
+        if caller is None:
             assert self.ids is not None
             self.ids.preset(trace_id)  # the SDK's sampler then sees the trace id the decision was made on
         return self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
@@ -356,7 +357,7 @@ def setup_telemetry(
     processors, batcher = _span_processors(config, exporter, capture_exporter)
     for processor in [*processors, *extra_processors]:
         tracer_provider.add_span_processor(processor)
-    # sentry-sdk's span processor needs the SDK's own spans (on_start): ServerSpans only without it.
+    # sentry-sdk's span processor gets the SDK's own spans, which it is written against: ServerSpans only without it.
     server_spans = None if extra_processors else ServerSpans(processors, resource, SCOPE)
     tracer_provider.server_spans, tracer_provider.records_none = server_spans, sampling.never
     if tracing.set_global_provider:
@@ -378,22 +379,26 @@ def setup_telemetry(
 class _PluginTracerProvider(TracerProvider):
     """The provider the plugin builds: a processor the app adds later also gets the requests' server spans.
 
-    Unless the configuration records no span at all (no exporter, or a sampler that keeps none): that
-    is decided at start-up, so the processor would get nothing, and the app is told once.
+    Unless the configuration records no span at all (no exporter): that is decided at start-up, so
+    the processor would get nothing, and the app is told once.
     """
 
-    server_spans: ServerSpans | None = None
-    records_none = False
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.server_spans: ServerSpans | None = None  # set once the plugin's own processors are in
+        self.records_none = False
+        self._adding = threading.Lock()  # two threads adding at once: both reach the SDK and the server spans
 
     def add_span_processor(self, span_processor: SpanProcessor) -> None:
-        super().add_span_processor(span_processor)
-        if self.server_spans is not None:
-            self.server_spans.add(span_processor)
+        with self._adding:
+            super().add_span_processor(span_processor)
+            if self.server_spans is not None:
+                self.server_spans.add(span_processor)
         if self.records_none:
             self.records_none = False  # said once
             _logger.warning(
                 "a span processor was added to the plugin's tracer provider, which records no span with this"
-                " configuration (no span exporter, or OTEL_TRACES_SAMPLER keeps none); for spans of your own,"
+                " configuration (no span exporter is configured); for spans of your own,"
                 " set a TracerProvider with opentelemetry.trace.set_tracer_provider before the app starts:"
                 " the plugin uses it (OMNII_OBS_USE_APP_PROVIDER)"
             )

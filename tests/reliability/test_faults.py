@@ -188,8 +188,8 @@ def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
                 receiver.stop()
                 marks["stopped"] = time.time()
             elif done == 2 * REQUESTS // 3:
-                # An export has failed while it is down (a bounded poll, not a sleep that hopes it has).
-                assert wait_until(lambda: any("is failing" in line for line in our_log_lines(server)), timeout=30)
+                # A trace export has failed while it is down (a bounded poll, not a sleep that hopes it has).
+                assert wait_until(lambda: any(trace_export_failing(line) for line in our_log_lines(server)), timeout=30)
                 receiver.start()
                 marks["restarted"] = time.time()
                 # No wait for the next probe window: a run that ends inside it (a loaded machine) still
@@ -204,9 +204,13 @@ def test_collector_killed_mid_run_and_restarted(tmp_path: Path) -> None:
     after_restart = [s for s in receiver.spans() if s.start_time_unix_nano / 1e9 > marks["restarted"]]
     assert after_restart, "export did not resume after the collector came back"
     lines = our_log_lines(server)
-    assert sum("OTLP trace export" in line and "is failing" in line for line in lines) == 1, lines
+    assert sum(trace_export_failing(line) for line in lines) == 1, lines
     assert sum("OTLP trace export" in line and "recovered" in line for line in lines) == 1, lines
     record("collector-restart", result, server, tmp_path / "m.jsonl")
+
+
+def trace_export_failing(line: str) -> bool:
+    return "OTLP trace export" in line and "is failing" in line
 
 
 def test_memory_stays_bounded_with_a_dead_collector(tmp_path: Path) -> None:

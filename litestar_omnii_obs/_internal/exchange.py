@@ -215,7 +215,13 @@ def keep_dropped_span(
     parent = dropped.parent
     start = time_ns() - int(duration * 1e9)
     exchange.span = spans.start(
-        span_name(exchange.method, route), dropped.trace_id, dropped.span_id, parent, attributes, start, exchange.parent
+        span_name(exchange.method, route),
+        dropped.trace_id,
+        dropped.span_id,
+        parent,
+        attributes,
+        start,
+        parent_context=exchange.parent,
     )
     exchange.sampled = True  # the line says a span of this trace is recorded
 
